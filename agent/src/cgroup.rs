@@ -1,0 +1,344 @@
+//! Cgroup layout detection, where a container's cgroups are, and reading their stats.
+//!
+//! Linux has three layouts, detected once at start from what is mounted under the cgroup
+//! root (the detection never changes while the agent runs; a host does not switch layouts
+//! without a reboot):
+//! - **unified** (pure v2): `<root>/cgroup.controllers` exists; every controller lives in one
+//!   tree.
+//! - **hybrid**: controllers are v1 hierarchies (`<root>/<controller>/`), and a v2 tree with
+//!   no controllers is mounted at `<root>/unified`. Its only use to us is PSI
+//!   (`cpu.pressure`, `memory.pressure`, `io.pressure`), which the kernel keeps per v2
+//!   cgroup whether or not controllers are enabled there.
+//! - **legacy** (pure v1): controller hierarchies only; no PSI per cgroup.
+//!
+//! Readers are in [`v1`] and [`v2`]; both fill the same [`CgroupStats`], so nothing above
+//! this module knows which version it read.
+
+pub mod v1;
+pub mod v2;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::kernel_file::KernelFileError;
+use crate::process::CgroupLine;
+
+/// Which cgroup layout the host uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Pure v2.
+    Unified,
+    /// v1 controllers plus a controller-less v2 tree at `<root>/unified`.
+    Hybrid,
+    /// Pure v1.
+    Legacy,
+}
+
+impl Layout {
+    /// Detects the layout under `root` (normally `/sys/fs/cgroup`).
+    pub fn detect(root: &Path) -> Layout {
+        if root.join("cgroup.controllers").exists() {
+            Layout::Unified
+        } else if root.join("unified/cgroup.controllers").exists() {
+            Layout::Hybrid
+        } else {
+            Layout::Legacy
+        }
+    }
+
+    /// Root of the v2 tree, if any.
+    pub fn unified_root(self, root: &Path) -> Option<PathBuf> {
+        match self {
+            Layout::Unified => Some(root.to_path_buf()),
+            Layout::Hybrid => Some(root.join("unified")),
+            Layout::Legacy => None,
+        }
+    }
+}
+
+/// Where one container's cgroups are, as absolute directories under the configured root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupPaths {
+    /// v2 directory (the whole story on unified hosts; PSI only on hybrid ones).
+    pub unified: Option<PathBuf>,
+    /// v1 directory per controller (`cpu`, `cpuacct`, `memory`, `blkio`, `pids`, `cpuset`).
+    pub v1: BTreeMap<String, PathBuf>,
+}
+
+impl CgroupPaths {
+    /// From runc's `cgroup_paths` (key `""` is v2), rebasing the absolute host paths it holds
+    /// from `/sys/fs/cgroup` onto `root`, so fixture trees work the same as the real one.
+    pub fn from_runc(paths: &BTreeMap<String, String>, root: &Path) -> CgroupPaths {
+        let rebase = |p: &str| {
+            let rel = p.strip_prefix("/sys/fs/cgroup").unwrap_or(p);
+            root.join(rel.trim_start_matches('/'))
+        };
+        let mut out = CgroupPaths::default();
+        for (ctrl, path) in paths {
+            if ctrl.is_empty() {
+                out.unified = Some(rebase(path));
+            } else {
+                out.v1.insert(ctrl.clone(), rebase(path));
+            }
+        }
+        out
+    }
+
+    /// From `/proc/<pid>/cgroup`, for containers found without runtime state.
+    pub fn from_proc(lines: &[CgroupLine], layout: Layout, root: &Path) -> CgroupPaths {
+        let mut out = CgroupPaths::default();
+        for line in lines {
+            let rel = line.path.trim_start_matches('/');
+            if line.controllers.is_empty() {
+                out.unified = layout.unified_root(root).map(|u| u.join(rel));
+                continue;
+            }
+            let mount = line.controllers.join(",");
+            for ctrl in &line.controllers {
+                let named = root.join(ctrl);
+                let base = if named.exists() {
+                    named
+                } else {
+                    root.join(&mount)
+                };
+                out.v1.insert(ctrl.clone(), base.join(rel));
+            }
+        }
+        out
+    }
+
+    /// The directory whose task list counts for load sampling and process counts.
+    pub fn tasks_dir(&self, layout: Layout) -> Option<&Path> {
+        match layout {
+            Layout::Unified => self.unified.as_deref(),
+            _ => ["cpuacct", "cpu", "pids", "memory"]
+                .iter()
+                .find_map(|c| self.v1.get(*c))
+                .map(PathBuf::as_path),
+        }
+    }
+}
+
+/// CPU time used, in nanoseconds, plus CFS throttling.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuUsage {
+    /// Total CPU time.
+    pub total_ns: u64,
+    /// User time.
+    pub user_ns: u64,
+    /// System time.
+    pub system_ns: u64,
+    /// CFS enforcement periods elapsed.
+    pub periods: Option<u64>,
+    /// Periods in which the cgroup was throttled.
+    pub throttled_periods: Option<u64>,
+    /// Total time throttled.
+    pub throttled_ns: Option<u64>,
+}
+
+/// How much CPU the container may use.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuLimit {
+    /// Smallest quota/period over the cgroup and its ancestors, in cores.
+    pub quota_cores: Option<f64>,
+    /// CPUs in the effective cpuset.
+    pub cpuset_cpus: Option<usize>,
+}
+
+impl CpuLimit {
+    /// The CPUs the container should see (LXCFS `max_cpu_count`): `ceil(quota)`, the cpuset
+    /// size, or the smaller of both; never more than the host has, never less than one.
+    pub fn visible_cpus(&self, host_cpus: usize) -> usize {
+        let from_quota = self.quota_cores.map(|q| q.ceil().max(1.0) as usize);
+        let n = match (from_quota, self.cpuset_cpus.filter(|&c| c > 0)) {
+            (Some(q), Some(s)) => q.min(s),
+            (Some(q), None) => q,
+            (None, Some(s)) => s,
+            (None, None) => host_cpus,
+        };
+        n.clamp(1, host_cpus.max(1))
+    }
+}
+
+/// `memory.stat`, normalised to v2 key names (v1 `total_*` keys are mapped onto them).
+pub type MemoryStat = BTreeMap<&'static str, u64>;
+
+/// Memory usage and limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Memory {
+    /// Current usage (includes page cache).
+    pub usage: u64,
+    /// Effective limit: the smallest over the cgroup and its ancestors; `None` if unlimited.
+    pub limit: Option<u64>,
+    /// Swap in use, if accounted.
+    pub swap_usage: Option<u64>,
+    /// Effective swap limit (v2: swap alone; v1: RAM + swap, as the kernel reports it).
+    pub swap_limit: Option<u64>,
+    /// OOM kills in this cgroup, if the kernel reports them.
+    pub oom_kills: Option<u64>,
+    /// Times usage hit the limit (v1 `failcnt`, v2 `memory.events max`).
+    pub limit_hits: Option<u64>,
+    /// Breakdown.
+    pub stat: MemoryStat,
+}
+
+impl Memory {
+    /// cAdvisor's working set (what the kubelet evicts on): usage − inactive file cache.
+    pub fn working_set(&self) -> u64 {
+        self.usage
+            .saturating_sub(self.stat.get("inactive_file").copied().unwrap_or(0))
+    }
+}
+
+/// IO of one block device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceIo {
+    /// Major device number.
+    pub major: u32,
+    /// Minor device number.
+    pub minor: u32,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Read operations.
+    pub reads: u64,
+    /// Write operations.
+    pub writes: u64,
+}
+
+/// Task counts and limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pids {
+    /// Tasks (threads) now.
+    pub current: u64,
+    /// Limit, if any.
+    pub max: Option<u64>,
+}
+
+/// Stall totals for each resource, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    /// `cpu.pressure`.
+    pub cpu: Option<crate::pressure::Stall>,
+    /// `memory.pressure`.
+    pub memory: Option<crate::pressure::Stall>,
+    /// `io.pressure`.
+    pub io: Option<crate::pressure::Stall>,
+    /// `irq.pressure` (newer kernels).
+    pub irq: Option<crate::pressure::Stall>,
+}
+
+/// Everything read from a container's cgroups. Each part is a `Result` of its own so a failing
+/// file drops only its metrics.
+#[derive(Debug)]
+pub struct CgroupStats {
+    /// CPU time.
+    pub cpu: Result<CpuUsage, KernelFileError>,
+    /// CPU limits.
+    pub cpu_limit: CpuLimit,
+    /// Memory.
+    pub memory: Result<Memory, KernelFileError>,
+    /// Block IO per device.
+    pub io: Result<Vec<DeviceIo>, KernelFileError>,
+    /// Task counts.
+    pub pids: Result<Pids, KernelFileError>,
+    /// PSI; `Ok(None)` when the layout has no per-cgroup PSI (pure v1).
+    pub pressure: Result<Option<Pressure>, KernelFileError>,
+    /// Seconds spent reading each part, by collector name.
+    pub timings: Vec<(&'static str, f64)>,
+}
+
+/// Runs `f`, recording how long it took under `name`.
+pub(crate) fn timed<T>(
+    timings: &mut Vec<(&'static str, f64)>,
+    name: &'static str,
+    f: impl FnOnce() -> T,
+) -> T {
+    let start = std::time::Instant::now();
+    let r = f();
+    timings.push((name, start.elapsed().as_secs_f64()));
+    r
+}
+
+/// Reads every stat of one container's cgroups. `root` bounds ancestor walks.
+pub fn read(paths: &CgroupPaths, layout: Layout, root: &Path) -> CgroupStats {
+    match layout {
+        Layout::Unified => v2::read(paths.unified.as_deref(), root),
+        Layout::Hybrid | Layout::Legacy => {
+            let psi_root = layout.unified_root(root);
+            v1::read(
+                paths,
+                root,
+                paths.unified.as_deref().zip(psi_root.as_deref()),
+            )
+        }
+    }
+}
+
+/// Reads PSI files of a v2 directory. A missing `irq.pressure` is normal (older kernels).
+pub fn read_pressure(dir: &Path) -> Result<Pressure, KernelFileError> {
+    let one = |name: &str| -> Result<Option<crate::pressure::Stall>, KernelFileError> {
+        let path = dir.join(name);
+        match crate::kernel_file::read(&path) {
+            Ok(text) => crate::pressure::parse(&text)
+                .map(Some)
+                .map_err(|e| KernelFileError::parse(&path, e)),
+            Err(e) if e.is_gone() && dir.exists() => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    Ok(Pressure {
+        cpu: one("cpu.pressure")?,
+        memory: one("memory.pressure")?,
+        io: one("io.pressure")?,
+        irq: one("irq.pressure")?,
+    })
+}
+
+/// Walks from `dir` up to (not above) `root`, yielding each directory: the leaf first.
+pub(crate) fn ancestors<'a>(dir: &'a Path, root: &'a Path) -> impl Iterator<Item = &'a Path> {
+    dir.ancestors()
+        .take_while(move |d| d.starts_with(root) && *d != root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visible_cpus_follow_lxcfs() {
+        let l = |q: Option<f64>, s: Option<usize>| CpuLimit {
+            quota_cores: q,
+            cpuset_cpus: s,
+        };
+        assert_eq!(l(None, None).visible_cpus(8), 8);
+        assert_eq!(l(Some(0.5), None).visible_cpus(8), 1);
+        assert_eq!(l(Some(1.5), None).visible_cpus(8), 2);
+        assert_eq!(l(Some(3.0), Some(2)).visible_cpus(8), 2);
+        assert_eq!(l(None, Some(3)).visible_cpus(8), 3);
+        assert_eq!(l(Some(16.0), None).visible_cpus(8), 8);
+    }
+
+    #[test]
+    fn runc_paths_are_rebased() {
+        let mut m = BTreeMap::new();
+        m.insert("".to_string(), "/sys/fs/cgroup/unified/x/c1".to_string());
+        m.insert(
+            "memory".to_string(),
+            "/sys/fs/cgroup/memory/x/c1".to_string(),
+        );
+        let p = CgroupPaths::from_runc(&m, Path::new("/fixture"));
+        assert_eq!(
+            p.unified.as_deref(),
+            Some(Path::new("/fixture/unified/x/c1"))
+        );
+        assert_eq!(p.v1["memory"], Path::new("/fixture/memory/x/c1"));
+    }
+
+    #[test]
+    fn ancestors_stop_at_root() {
+        let v: Vec<_> = ancestors(Path::new("/r/a/b"), Path::new("/r")).collect();
+        assert_eq!(v, [Path::new("/r/a/b"), Path::new("/r/a")]);
+    }
+}

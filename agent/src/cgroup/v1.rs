@@ -1,0 +1,282 @@
+//! cgroup v1 readers: one hierarchy per controller, each with its own path for the container.
+//! CPU time is in ns (`cpuacct.usage*`) or USER_HZ ticks (`cpuacct.stat`); "unlimited" is a
+//! huge sentinel number. PSI, if any, comes from the hybrid layout's v2 tree.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    ancestors, timed, CgroupPaths, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Memory, MemoryStat,
+    Pids,
+};
+use crate::kernel_file::{self, flat_keyed, KernelFileError};
+
+/// v1 `memory.stat` hierarchical keys and the v2 names they are stored under.
+const MEMORY_STAT_MAP: &[(&str, &str)] = &[
+    ("total_cache", "file"),
+    ("total_rss", "anon"),
+    ("total_rss_huge", "anon_thp"),
+    ("total_shmem", "shmem"),
+    ("total_mapped_file", "file_mapped"),
+    ("total_dirty", "file_dirty"),
+    ("total_writeback", "file_writeback"),
+    ("total_swap", "swapcached"),
+    ("total_inactive_anon", "inactive_anon"),
+    ("total_active_anon", "active_anon"),
+    ("total_inactive_file", "inactive_file"),
+    ("total_active_file", "active_file"),
+    ("total_unevictable", "unevictable"),
+    ("total_pgfault", "pgfault"),
+    ("total_pgmajfault", "pgmajfault"),
+];
+
+/// USER_HZ: the unit of `cpuacct.stat`, fixed at 100 by the kernel ABI.
+const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
+
+/// Reads a v1 container. `psi` is `(v2 dir, v2 root)` on hybrid hosts.
+pub fn read(paths: &CgroupPaths, root: &Path, psi: Option<(&Path, &Path)>) -> CgroupStats {
+    let ctrl = |name: &str| -> Result<&Path, KernelFileError> {
+        paths
+            .v1
+            .get(name)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| KernelFileError::Gone(root.join(name)))
+    };
+    let mut t = Vec::with_capacity(5);
+    CgroupStats {
+        cpu: timed(&mut t, "cpu", || {
+            ctrl("cpuacct").and_then(|acct| cpu(acct, ctrl("cpu").ok()))
+        }),
+        cpu_limit: timed(&mut t, "cpu", || {
+            cpu_limit(ctrl("cpu").ok(), ctrl("cpuset").ok(), root)
+        }),
+        memory: timed(&mut t, "meminfo", || ctrl("memory").and_then(memory)),
+        io: timed(&mut t, "diskstats", || ctrl("blkio").and_then(io)),
+        pids: timed(&mut t, "processes", || ctrl("pids").and_then(pids)),
+        pressure: timed(&mut t, "pressure", || match psi {
+            Some((dir, _)) => super::read_pressure(dir).map(Some),
+            None => Ok(None),
+        }),
+        timings: t,
+    }
+}
+
+/// `cpuacct.usage{,_user,_sys}` (ns) or `cpuacct.stat` (ticks), and `cpu.stat` throttling.
+pub fn cpu(acct: &Path, cpu: Option<&Path>) -> Result<CpuUsage, KernelFileError> {
+    let total_ns = kernel_file::read_u64(&acct.join("cpuacct.usage"))?;
+    let (user_ns, system_ns) = match (
+        kernel_file::read_u64(&acct.join("cpuacct.usage_user")),
+        kernel_file::read_u64(&acct.join("cpuacct.usage_sys")),
+    ) {
+        (Ok(u), Ok(s)) => (u, s),
+        _ => {
+            let path = acct.join("cpuacct.stat");
+            let text = kernel_file::read(&path)?;
+            let get = |key| flat_keyed(&text).find(|(k, _)| *k == key).map(|(_, v)| v);
+            match (get("user"), get("system")) {
+                (Some(u), Some(s)) => (
+                    u.saturating_mul(NS_PER_USER_HZ_TICK),
+                    s.saturating_mul(NS_PER_USER_HZ_TICK),
+                ),
+                _ => return Err(KernelFileError::parse(&path, "no user/system")),
+            }
+        }
+    };
+    let mut usage = CpuUsage {
+        total_ns,
+        user_ns,
+        system_ns,
+        ..CpuUsage::default()
+    };
+    if let Some(text) = cpu.and_then(|d| kernel_file::read(&d.join("cpu.stat")).ok()) {
+        for (k, v) in flat_keyed(&text) {
+            match k {
+                "nr_periods" => usage.periods = Some(v),
+                "nr_throttled" => usage.throttled_periods = Some(v),
+                "throttled_time" => usage.throttled_ns = Some(v),
+                _ => {}
+            }
+        }
+    }
+    Ok(usage)
+}
+
+/// Smallest CFS quota over ancestors in the cpu hierarchy, and the cpuset size.
+pub fn cpu_limit(cpu: Option<&Path>, cpuset: Option<&Path>, root: &Path) -> CpuLimit {
+    let quota_cores = cpu.and_then(|dir| {
+        let mount = hierarchy_root(dir, root);
+        ancestors(dir, &mount)
+            .filter_map(|d| {
+                let quota = kernel_file::read(&d.join("cpu.cfs_quota_us")).ok()?;
+                let quota: i64 = quota.trim().parse().ok()?;
+                let period = kernel_file::read_u64(&d.join("cpu.cfs_period_us")).ok()?;
+                (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
+            })
+            .fold(None, |min: Option<f64>, q| {
+                Some(min.map_or(q, |m| m.min(q)))
+            })
+    });
+    let cpuset_cpus = cpuset.and_then(|d| {
+        ["cpuset.effective_cpus", "cpuset.cpus"]
+            .iter()
+            .find_map(|f| kernel_file::read(&d.join(f)).ok())
+            .and_then(|t| kernel_file::cpu_list_count(&t))
+            .filter(|&n| n > 0)
+    });
+    CpuLimit {
+        quota_cores,
+        cpuset_cpus,
+    }
+}
+
+/// The mount of the hierarchy `dir` is in: `<root>/<first component>`.
+fn hierarchy_root(dir: &Path, root: &Path) -> PathBuf {
+    match dir
+        .strip_prefix(root)
+        .ok()
+        .and_then(|r| r.components().next())
+    {
+        Some(first) => root.join(first),
+        None => root.to_path_buf(),
+    }
+}
+
+/// Memory: usage, the hierarchical (effective) limit, RAM+swap, OOM kills, breakdown.
+pub fn memory(dir: &Path) -> Result<Memory, KernelFileError> {
+    let usage = kernel_file::read_u64(&dir.join("memory.usage_in_bytes"))?;
+    let stat_path = dir.join("memory.stat");
+    let text = kernel_file::read(&stat_path)?;
+    let mut stat = MemoryStat::new();
+    let mut hier_limit = None;
+    let mut hier_memsw = None;
+    for (k, v) in flat_keyed(&text) {
+        match k {
+            "hierarchical_memory_limit" => hier_limit = Some(v).filter(|&v| v < 1 << 62),
+            "hierarchical_memsw_limit" => hier_memsw = Some(v).filter(|&v| v < 1 << 62),
+            _ => {
+                if let Some((_, v2)) = MEMORY_STAT_MAP.iter().find(|(v1, _)| *v1 == k) {
+                    stat.insert(v2, v);
+                }
+            }
+        }
+    }
+    if stat.is_empty() {
+        return Err(KernelFileError::parse(&stat_path, "no total_* keys"));
+    }
+    let leaf_limit = kernel_file::read_limit(&dir.join("memory.limit_in_bytes"))
+        .ok()
+        .flatten();
+    let limit = [leaf_limit, hier_limit].into_iter().flatten().min();
+    let memsw = kernel_file::read_u64(&dir.join("memory.memsw.usage_in_bytes")).ok();
+    let oom_kills = kernel_file::read(&dir.join("memory.oom_control"))
+        .ok()
+        .and_then(|t| {
+            flat_keyed(&t)
+                .find(|(k, _)| *k == "oom_kill")
+                .map(|(_, v)| v)
+        });
+    Ok(Memory {
+        usage,
+        limit,
+        swap_usage: memsw.map(|m| m.saturating_sub(usage)),
+        swap_limit: memsw.and(hier_memsw),
+        oom_kills,
+        limit_hits: kernel_file::read_u64(&dir.join("memory.failcnt")).ok(),
+        stat,
+    })
+}
+
+/// `blkio.throttle.io_service_bytes_recursive` and `…io_serviced_recursive` (the plain
+/// files when the recursive ones do not exist).
+pub fn io(dir: &Path) -> Result<Vec<DeviceIo>, KernelFileError> {
+    let read_either = |name: &str| {
+        kernel_file::read(&dir.join(format!("{name}_recursive")))
+            .or_else(|_| kernel_file::read(&dir.join(name)))
+    };
+    let bytes = read_either("blkio.throttle.io_service_bytes")?;
+    let ops = read_either("blkio.throttle.io_serviced")?;
+    let mut devices: Vec<DeviceIo> = Vec::new();
+    for (text, is_bytes) in [(&bytes, true), (&ops, false)] {
+        for (dev, op, v) in parse_blkio(text)
+            .map_err(|e| KernelFileError::parse(&dir.join("blkio.throttle.*"), e))?
+        {
+            let d = match devices.iter_mut().find(|d| (d.major, d.minor) == dev) {
+                Some(d) => d,
+                None => {
+                    devices.push(DeviceIo {
+                        major: dev.0,
+                        minor: dev.1,
+                        ..DeviceIo::default()
+                    });
+                    // Invariant: just pushed.
+                    let last = devices.len() - 1;
+                    &mut devices[last]
+                }
+            };
+            match (op, is_bytes) {
+                ("Read", true) => d.read_bytes = v,
+                ("Write", true) => d.write_bytes = v,
+                ("Read", false) => d.reads = v,
+                ("Write", false) => d.writes = v,
+                _ => {}
+            }
+        }
+    }
+    Ok(devices)
+}
+
+/// One blkio line: device, operation, value.
+pub type BlkioLine<'a> = ((u32, u32), &'a str, u64);
+
+/// Parses blkio lines `MAJ:MIN Op N`; the trailing `Total N` line is skipped.
+pub fn parse_blkio(text: &str) -> Result<Vec<BlkioLine<'_>>, String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        match f.as_slice() {
+            [] | ["Total", _] => {}
+            [dev, op, v] => {
+                let dev = super::v2::parse_dev(dev).ok_or_else(|| format!("bad device {dev:?}"))?;
+                let v = v.parse().map_err(|_| format!("bad value {v:?}"))?;
+                out.push((dev, *op, v));
+            }
+            _ => return Err(format!("malformed line {line:?}")),
+        }
+    }
+    Ok(out)
+}
+
+/// `pids.current` and `pids.max`.
+pub fn pids(dir: &Path) -> Result<Pids, KernelFileError> {
+    super::v2::pids(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blkio_lines() {
+        let v = parse_blkio("8:0 Read 4096\n8:0 Write 512\n8:0 Total 4608\nTotal 4608\n")
+            .expect("valid");
+        assert_eq!(
+            v,
+            vec![
+                ((8, 0), "Read", 4096),
+                ((8, 0), "Write", 512),
+                ((8, 0), "Total", 4608)
+            ]
+        );
+        assert!(parse_blkio("8:0 Read").is_err());
+    }
+
+    #[test]
+    fn hierarchy_roots() {
+        assert_eq!(
+            hierarchy_root(
+                Path::new("/sys/fs/cgroup/cpu/a/b"),
+                Path::new("/sys/fs/cgroup")
+            ),
+            Path::new("/sys/fs/cgroup/cpu")
+        );
+    }
+}

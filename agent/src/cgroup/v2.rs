@@ -1,0 +1,235 @@
+//! cgroup v2 readers (`Documentation/admin-guide/cgroup-v2.rst`). Times are in µs, memory in
+//! bytes, `max` means unlimited; files are parsed by key because new keys may appear.
+
+use std::path::Path;
+
+use super::{
+    ancestors, timed, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Memory, MemoryStat, Pids,
+};
+use crate::kernel_file::{self, flat_keyed, KernelFileError};
+
+/// `memory.stat` keys the node view uses (v2 names).
+pub const MEMORY_STAT_KEYS: &[&str] = &[
+    "anon",
+    "file",
+    "kernel_stack",
+    "pagetables",
+    "percpu",
+    "sock",
+    "vmalloc",
+    "shmem",
+    "file_mapped",
+    "file_dirty",
+    "file_writeback",
+    "swapcached",
+    "anon_thp",
+    "inactive_anon",
+    "active_anon",
+    "inactive_file",
+    "active_file",
+    "unevictable",
+    "slab_reclaimable",
+    "slab_unreclaimable",
+    "slab",
+    "pgfault",
+    "pgmajfault",
+    "pswpin",
+    "pswpout",
+];
+
+/// Reads one container's v2 cgroup directory; `root` is the v2 mount (bounds ancestor
+/// walks for effective limits).
+pub fn read(dir: Option<&Path>, root: &Path) -> CgroupStats {
+    let Some(dir) = dir else {
+        let gone = || KernelFileError::Gone(root.to_path_buf());
+        return CgroupStats {
+            cpu: Err(gone()),
+            cpu_limit: CpuLimit::default(),
+            memory: Err(gone()),
+            io: Err(gone()),
+            pids: Err(gone()),
+            pressure: Err(gone()),
+            timings: Vec::new(),
+        };
+    };
+    let mut t = Vec::with_capacity(5);
+    CgroupStats {
+        cpu: timed(&mut t, "cpu", || cpu(dir)),
+        cpu_limit: timed(&mut t, "cpu", || cpu_limit(dir, root)),
+        memory: timed(&mut t, "meminfo", || memory(dir, root)),
+        io: timed(&mut t, "diskstats", || io(dir)),
+        pids: timed(&mut t, "processes", || pids(dir)),
+        pressure: timed(&mut t, "pressure", || super::read_pressure(dir).map(Some)),
+        timings: t,
+    }
+}
+
+/// `cpu.stat`: usage, user, system, throttling.
+pub fn cpu(dir: &Path) -> Result<CpuUsage, KernelFileError> {
+    let path = dir.join("cpu.stat");
+    let text = kernel_file::read(&path)?;
+    let mut u = CpuUsage::default();
+    let mut seen = false;
+    for (k, v) in flat_keyed(&text) {
+        match k {
+            "usage_usec" => {
+                u.total_ns = v.saturating_mul(1000);
+                seen = true;
+            }
+            "user_usec" => u.user_ns = v.saturating_mul(1000),
+            "system_usec" => u.system_ns = v.saturating_mul(1000),
+            "nr_periods" => u.periods = Some(v),
+            "nr_throttled" => u.throttled_periods = Some(v),
+            "throttled_usec" => u.throttled_ns = Some(v.saturating_mul(1000)),
+            _ => {}
+        }
+    }
+    if !seen {
+        return Err(KernelFileError::parse(&path, "no usage_usec"));
+    }
+    Ok(u)
+}
+
+/// Effective CPU limit: the smallest `cpu.max` quota over ancestors, and the effective
+/// cpuset. Missing files mean the controller is not enabled there: no limit from it.
+pub fn cpu_limit(dir: &Path, root: &Path) -> CpuLimit {
+    let quota_cores = ancestors(dir, root)
+        .filter_map(|d| kernel_file::read(&d.join("cpu.max")).ok())
+        .filter_map(|t| parse_cpu_max(&t))
+        .fold(None, |min: Option<f64>, q| {
+            Some(min.map_or(q, |m| m.min(q)))
+        });
+    let cpuset_cpus = kernel_file::read(&dir.join("cpuset.cpus.effective"))
+        .ok()
+        .and_then(|t| kernel_file::cpu_list_count(&t))
+        .filter(|&n| n > 0);
+    CpuLimit {
+        quota_cores,
+        cpuset_cpus,
+    }
+}
+
+/// `$QUOTA $PERIOD` → cores, `max …` → `None`.
+pub fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut it = text.split_ascii_whitespace();
+    let quota: f64 = it.next()?.parse().ok()?;
+    let period: f64 = it.next().unwrap_or("100000").parse().ok()?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
+/// Memory usage, effective limits, events and breakdown.
+pub fn memory(dir: &Path, root: &Path) -> Result<Memory, KernelFileError> {
+    let usage = kernel_file::read_u64(&dir.join("memory.current"))?;
+    let min_over = |file: &str| {
+        ancestors(dir, root)
+            .filter_map(|d| kernel_file::read_limit(&d.join(file)).ok().flatten())
+            .min()
+    };
+    let stat_path = dir.join("memory.stat");
+    let stat_text = kernel_file::read(&stat_path)?;
+    let mut stat = MemoryStat::new();
+    for (k, v) in flat_keyed(&stat_text) {
+        if let Some(key) = MEMORY_STAT_KEYS.iter().find(|s| **s == k) {
+            stat.insert(key, v);
+        }
+    }
+    if stat.is_empty() {
+        return Err(KernelFileError::parse(&stat_path, "no known keys"));
+    }
+    let events = kernel_file::read(&dir.join("memory.events")).ok();
+    let event = |name: &str| {
+        events
+            .as_deref()
+            .and_then(|t| flat_keyed(t).find(|(k, _)| *k == name).map(|(_, v)| v))
+    };
+    Ok(Memory {
+        usage,
+        limit: min_over("memory.max"),
+        swap_usage: kernel_file::read_u64(&dir.join("memory.swap.current")).ok(),
+        swap_limit: min_over("memory.swap.max"),
+        oom_kills: event("oom_kill"),
+        limit_hits: event("max"),
+        stat,
+    })
+}
+
+/// `io.stat`: `MAJ:MIN rbytes= wbytes= rios= wios= …` per device.
+pub fn io(dir: &Path) -> Result<Vec<DeviceIo>, KernelFileError> {
+    let path = dir.join("io.stat");
+    let text = kernel_file::read(&path)?;
+    parse_io_stat(&text).map_err(|e| KernelFileError::parse(&path, e))
+}
+
+/// Parses `io.stat` content.
+pub fn parse_io_stat(text: &str) -> Result<Vec<DeviceIo>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split_ascii_whitespace();
+        let dev = fields.next().ok_or("empty line")?;
+        let (major, minor) = parse_dev(dev).ok_or_else(|| format!("bad device {dev:?}"))?;
+        let mut d = DeviceIo {
+            major,
+            minor,
+            ..DeviceIo::default()
+        };
+        for f in fields {
+            let Some((k, v)) = f.split_once('=') else {
+                continue;
+            };
+            let Ok(v) = v.parse::<u64>() else { continue };
+            match k {
+                "rbytes" => d.read_bytes = v,
+                "wbytes" => d.write_bytes = v,
+                "rios" => d.reads = v,
+                "wios" => d.writes = v,
+                _ => {}
+            }
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Parses `MAJ:MIN`.
+pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// `pids.current` and `pids.max`.
+pub fn pids(dir: &Path) -> Result<Pids, KernelFileError> {
+    Ok(Pids {
+        current: kernel_file::read_u64(&dir.join("pids.current"))?,
+        max: kernel_file::read_limit(&dir.join("pids.max"))
+            .ok()
+            .flatten(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
+        assert_eq!(parse_cpu_max("200000 100000"), Some(2.0));
+        assert_eq!(parse_cpu_max("x y"), None);
+        assert_eq!(parse_cpu_max("0 0"), None);
+    }
+
+    #[test]
+    fn io_stat() {
+        let v = parse_io_stat(
+            "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n259:0 rbytes=1\n",
+        )
+        .expect("valid");
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            (v[0].major, v[0].minor, v[0].write_bytes, v[0].writes),
+            (8, 0, 8192, 2)
+        );
+        assert!(parse_io_stat("sda rbytes=1").is_err());
+    }
+}

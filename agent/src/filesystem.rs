@@ -1,0 +1,188 @@
+//! Filesystem sizes as the container sees them: mounts from `/proc/<pid>/mountinfo`, sizes
+//! from `statfs` through `/proc/<pid>/root/<mountpoint>` (the container's own root, without
+//! entering its mount namespace).
+//!
+//! `statfs` on a dead network mount can block forever, so every call runs on a blocking
+//! thread under a deadline. A mount whose call overran is remembered as stuck and not asked
+//! again until that call returns, so a hung filesystem costs one thread, not one per scrape
+//! (node_exporter's stuck-mount rule).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::mountinfo::Mount;
+
+/// Filesystem types that hold no data of the container (node_exporter's defaults, minus
+/// `overlay`, which is the container's root filesystem and must be reported).
+const IGNORED_FSTYPES: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "fusectl",
+    "hugetlbfs",
+    "iso9660",
+    "mqueue",
+    "nsfs",
+    "proc",
+    "procfs",
+    "pstore",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "erofs",
+    "sysfs",
+    "tracefs",
+];
+
+/// Mount points never reported (node_exporter's defaults).
+fn ignored_mountpoint(mp: &str) -> bool {
+    ["/dev", "/proc", "/sys"]
+        .iter()
+        .any(|p| mp == *p || mp.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+        || mp.starts_with("/run/credentials/")
+}
+
+/// True if node_exporter would report this mount.
+pub fn wanted(m: &Mount) -> bool {
+    !IGNORED_FSTYPES.contains(&m.fstype.as_str()) && !ignored_mountpoint(&m.mountpoint)
+}
+
+/// Sizes of one filesystem, in bytes and inodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Total size.
+    pub size: u64,
+    /// Free, including blocks reserved for root.
+    pub free: u64,
+    /// Free for unprivileged users.
+    pub avail: u64,
+    /// Inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
+}
+
+/// One reported filesystem; `usage` is an error text (node_exporter's `device_error`) when
+/// statfs failed or timed out.
+#[derive(Debug, Clone)]
+pub struct Filesystem {
+    /// The mount.
+    pub mount: Mount,
+    /// Sizes, or why there are none.
+    pub usage: Result<Usage, String>,
+}
+
+/// Runs statfs calls under a deadline and remembers stuck mounts.
+#[derive(Debug, Clone)]
+pub struct Statfs {
+    timeout: Duration,
+    stuck: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl Statfs {
+    /// A statfs runner with a per-call deadline.
+    pub fn new(timeout: Duration) -> Self {
+        Statfs {
+            timeout,
+            stuck: Arc::default(),
+        }
+    }
+
+    /// Stats every wanted mount of a process whose root is `root` (`/proc/<pid>/root`).
+    pub async fn stat_all(&self, root: PathBuf, mounts: Vec<Mount>) -> Vec<Filesystem> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for mount in mounts.into_iter().filter(wanted) {
+            // A mount point mounted over is reported once, as node_exporter does.
+            if !seen.insert(mount.mountpoint.clone()) {
+                continue;
+            }
+            let path = root.join(mount.mountpoint.trim_start_matches('/'));
+            let usage = self.stat(path).await;
+            out.push(Filesystem { mount, usage });
+        }
+        out
+    }
+
+    /// One statfs under the deadline.
+    pub async fn stat(&self, path: PathBuf) -> Result<Usage, String> {
+        {
+            let stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+            if stuck.contains(&path) {
+                return Err("mount is stuck (an earlier statfs has not returned)".into());
+            }
+        }
+        let stuck = Arc::clone(&self.stuck);
+        let p = path.clone();
+        let call = tokio::task::spawn_blocking(move || {
+            let r = statfs(&p);
+            stuck.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
+            r
+        });
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("statfs task failed: {e}")),
+            Err(_) => {
+                self.stuck
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(path);
+                Err(format!("statfs timed out after {:?}", self.timeout))
+            }
+        }
+    }
+}
+
+fn statfs(path: &std::path::Path) -> Result<Usage, String> {
+    let s = rustix::fs::statfs(path).map_err(|e| e.to_string())?;
+    let bsize = s.f_bsize as u64;
+    Ok(Usage {
+        size: (s.f_blocks as u64).saturating_mul(bsize),
+        free: (s.f_bfree as u64).saturating_mul(bsize),
+        avail: (s.f_bavail as u64).saturating_mul(bsize),
+        files: s.f_files as u64,
+        files_free: s.f_ffree as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(mp: &str, fstype: &str) -> Mount {
+        Mount {
+            mountpoint: mp.into(),
+            fstype: fstype.into(),
+            device: "d".into(),
+            readonly: false,
+        }
+    }
+
+    #[test]
+    fn keeps_overlay_root_drops_pseudo_filesystems() {
+        assert!(wanted(&m("/", "overlay")));
+        assert!(wanted(&m("/data", "ext4")));
+        assert!(wanted(&m("/tmp", "tmpfs")));
+        assert!(wanted(&m("/device", "ext4")));
+        assert!(!wanted(&m("/proc", "proc")));
+        assert!(!wanted(&m("/dev/shm", "tmpfs")));
+        assert!(!wanted(&m("/sys/fs/cgroup", "cgroup")));
+    }
+
+    #[tokio::test]
+    async fn stats_a_real_directory() {
+        let s = Statfs::new(Duration::from_secs(5));
+        let u = s.stat("/".into()).await.expect("statfs /");
+        assert!(u.size > 0 && u.avail <= u.free && u.free <= u.size);
+        assert!(s.stat("/nonexistent/x".into()).await.is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! Per-container load average, the LXCFS way: there is no per-cgroup run queue length, so the
+//! agent samples how many of the container's threads are runnable (`R`) or in uninterruptible
+//! sleep (`D`) every few seconds and feeds the kernel's fixed-point exponential decay.
+
+use std::path::Path;
+
+use crate::cgroup::Layout;
+use crate::kernel_file::{self, KernelFileError};
+use crate::process;
+
+/// Fixed-point one (`FIXED_1` in `include/linux/sched/loadavg.h`).
+const FIXED_1: u64 = 1 << 11;
+/// Decay factors for 1, 5 and 15 minutes at a 5 s sample (`EXP_1`, `EXP_5`, `EXP_15`).
+const EXP: [u64; 3] = [1884, 2014, 2037];
+/// Sub-cgroup depth visited below the container's own cgroup, as LXCFS does.
+const MAX_DEPTH: usize = 3;
+
+/// The decaying averages of one container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadAvg {
+    fixed: [u64; 3],
+}
+
+impl LoadAvg {
+    /// Feeds one sample of active (R + D) tasks (`calc_load` in `kernel/sched/loadavg.c`).
+    pub fn update(&mut self, active: u64) {
+        let active = active.saturating_mul(FIXED_1);
+        for (load, exp) in self.fixed.iter_mut().zip(EXP) {
+            let mut new = load
+                .saturating_mul(exp)
+                .saturating_add(active.saturating_mul(FIXED_1 - exp));
+            if active >= *load {
+                new = new.saturating_add(FIXED_1 - 1);
+            }
+            *load = new / FIXED_1;
+        }
+    }
+
+    /// load1, load5, load15.
+    pub fn values(&self) -> [f64; 3] {
+        self.fixed.map(|f| f as f64 / FIXED_1 as f64)
+    }
+}
+
+/// Threads of a cgroup (and its sub-cgroups) counted by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskStates {
+    /// Runnable.
+    pub running: u64,
+    /// Uninterruptible.
+    pub blocked: u64,
+    /// All threads seen.
+    pub threads: u64,
+}
+
+/// Counts the threads of the cgroup at `dir` by state. Threads that exit while being read are
+/// skipped; only a vanished cgroup is an error.
+pub fn sample(dir: &Path, layout: Layout, proc: &Path) -> Result<TaskStates, KernelFileError> {
+    let list = if layout == Layout::Unified {
+        "cgroup.threads"
+    } else {
+        "tasks"
+    };
+    let mut states = TaskStates::default();
+    visit(dir, list, proc, 0, &mut states)?;
+    Ok(states)
+}
+
+fn visit(
+    dir: &Path,
+    list: &str,
+    proc: &Path,
+    depth: usize,
+    states: &mut TaskStates,
+) -> Result<(), KernelFileError> {
+    let tids = kernel_file::read(&dir.join(list))?;
+    let mut path = proc.to_path_buf();
+    for tid in tids.lines().filter(|l| !l.is_empty()) {
+        path.push(tid);
+        path.push("stat");
+        if let Ok(stat) = process::read_stat(&path) {
+            states.threads += 1;
+            match stat.state {
+                b'R' => states.running += 1,
+                b'D' => states.blocked += 1,
+                _ => {}
+            }
+        }
+        path.pop();
+        path.pop();
+    }
+    if depth < MAX_DEPTH {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    // A sub-cgroup removed meanwhile is not an error of the parent.
+                    let _ = visit(&e.path(), list, proc, depth + 1, states);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converges_like_the_kernel() {
+        let mut l = LoadAvg::default();
+        // One busy task for 5 minutes of 5 s samples: load1 ≈ 1, load5 ≈ 0.63, load15 < 0.3.
+        for _ in 0..60 {
+            l.update(1);
+        }
+        let [l1, l5, l15] = l.values();
+        assert!((0.95..=1.01).contains(&l1), "{l1}");
+        assert!((0.55..=0.70).contains(&l5), "{l5}");
+        assert!((0.20..=0.35).contains(&l15), "{l15}");
+        // Then idle: decays towards zero.
+        for _ in 0..60 {
+            l.update(0);
+        }
+        assert!(l.values()[0] < 0.05);
+    }
+}

@@ -1,0 +1,250 @@
+//! The set of live containers on this node: merged from every source, named uniquely, kept
+//! current by inotify on the runtime state roots with a periodic full rescan as the safety
+//! net, and published through a `watch` channel so readers always see one consistent set.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lookout_discovery::{instance_id_for, Instance, InstanceEvent};
+use notify::Watcher;
+use tokio::sync::{watch, Notify};
+
+use crate::cache::Cached;
+use crate::config::LabelKeys;
+use crate::container::{self, Container};
+use crate::host::Host;
+use crate::loadavg::{self, LoadAvg, TaskStates};
+use crate::source::Source;
+
+/// A container plus the state the agent keeps for it between scrapes.
+#[derive(Debug)]
+pub struct Tracked {
+    /// The container.
+    pub container: Container,
+    /// Load average and synthesised idle time; survive across scrapes.
+    pub view: Mutex<ViewState>,
+    /// The cached snapshot; the async lock makes concurrent scrapes share one collection.
+    pub cache: tokio::sync::Mutex<Option<Cached>>,
+}
+
+/// Per-container state that only moves forward.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ViewState {
+    /// Decaying load averages.
+    pub load: LoadAvg,
+    /// Task states at the last sample.
+    pub tasks: TaskStates,
+    /// Whether at least one load sample was taken.
+    pub sampled: bool,
+    /// Last synthesised idle seconds per virtual CPU (kept monotonic).
+    pub idle_seconds: f64,
+}
+
+/// One consistent view of the node's containers, keyed by instance id.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// Containers by instance id.
+    pub containers: BTreeMap<String, Arc<Tracked>>,
+}
+
+impl Inventory {
+    /// Instances, for listing.
+    pub fn instances(&self) -> Vec<Instance> {
+        self.containers
+            .values()
+            .map(|t| t.container.instance.clone())
+            .collect()
+    }
+
+    /// The events that turn `old` into `self`.
+    pub fn diff(&self, old: &Inventory) -> Vec<InstanceEvent> {
+        let mut events: Vec<InstanceEvent> = old
+            .containers
+            .keys()
+            .filter(|id| !self.containers.contains_key(*id))
+            .map(|id| InstanceEvent::Remove { id: id.clone() })
+            .collect();
+        for (id, t) in &self.containers {
+            let changed = old
+                .containers
+                .get(id)
+                .is_none_or(|o| o.container.instance != t.container.instance);
+            if changed {
+                events.push(InstanceEvent::Upsert {
+                    instance: t.container.instance.clone(),
+                });
+            }
+        }
+        events
+    }
+}
+
+/// Finds and tracks containers.
+pub struct Registry {
+    host: Arc<Host>,
+    sources: Vec<Box<dyn Source>>,
+    keys: LabelKeys,
+    node: String,
+    current: watch::Sender<Arc<Inventory>>,
+    wake: Arc<Notify>,
+}
+
+impl Registry {
+    /// A registry over these sources; call [`Registry::rescan`] or [`Registry::run`] to fill it.
+    pub fn new(
+        host: Arc<Host>,
+        sources: Vec<Box<dyn Source>>,
+        keys: LabelKeys,
+        node: String,
+    ) -> Self {
+        Registry {
+            host,
+            sources,
+            keys,
+            node,
+            current: watch::Sender::new(Arc::default()),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The current inventory.
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.current.borrow().clone()
+    }
+
+    /// Subscribes to inventory changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Inventory>> {
+        self.current.subscribe()
+    }
+
+    /// Asks for a rescan soon (e.g. a scrape found its container gone).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Scans every source once and publishes the result if anything changed. Blocking I/O:
+    /// call from a blocking context.
+    pub fn rescan(&self) {
+        let old = self.inventory();
+        let mut next = Inventory::default();
+        let mut pids = HashSet::new();
+        for source in &self.sources {
+            for found in source.scan(&self.host) {
+                // The same process found twice (runc state and a cgroup rule): first wins.
+                if !pids.insert(found.pid) {
+                    continue;
+                }
+                let Some(mut c) = container::from_discovered(found, &self.keys, &self.node) else {
+                    continue;
+                };
+                if next.containers.contains_key(&c.instance.id) {
+                    let derived = instance_id_for(None, &c.instance.runtime_id);
+                    tracing::warn!(id = %c.instance.id, runtime_id = %c.instance.runtime_id, fallback = %derived, "instance id taken; using the derived id");
+                    if next.containers.contains_key(&derived) {
+                        continue;
+                    }
+                    c.instance.id = derived;
+                }
+                let tracked = match old.containers.get(&c.instance.id) {
+                    Some(t) if t.container == c => Arc::clone(t),
+                    _ => Arc::new(Tracked {
+                        container: c,
+                        view: Mutex::default(),
+                        cache: tokio::sync::Mutex::new(None),
+                    }),
+                };
+                next.containers
+                    .insert(tracked.container.instance.id.clone(), tracked);
+            }
+        }
+        let same = next.containers.len() == old.containers.len()
+            && next
+                .containers
+                .iter()
+                .zip(old.containers.iter())
+                .all(|((a, ta), (b, tb))| a == b && Arc::ptr_eq(ta, tb));
+        if !same {
+            tracing::info!(containers = next.containers.len(), "inventory changed");
+            self.current.send_replace(Arc::new(next));
+        }
+    }
+
+    /// Keeps the inventory current until `shutdown` fires: inotify on the sources' state
+    /// roots (debounced), a full rescan every `every`, and roots that appear later are
+    /// watched from the next rescan on.
+    pub async fn run(self: Arc<Self>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+        let wake = Arc::clone(&self.wake);
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                wake.notify_one();
+            }
+        })
+        .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; relying on rescans"))
+        .ok();
+        let mut watched: HashSet<PathBuf> = HashSet::new();
+        loop {
+            if let Some(w) = watcher.as_mut() {
+                for dir in self.sources.iter().flat_map(|s| s.watch_dirs()) {
+                    if !watched.contains(&dir) && dir.is_dir() {
+                        match w.watch(&dir, notify::RecursiveMode::Recursive) {
+                            Ok(()) => {
+                                watched.insert(dir);
+                            }
+                            Err(e) => {
+                                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch")
+                            }
+                        }
+                    }
+                }
+                watched.retain(|d| d.is_dir());
+            }
+            let me = Arc::clone(&self);
+            if let Err(e) = tokio::task::spawn_blocking(move || me.rescan()).await {
+                tracing::error!(error = %e, "rescan failed");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {
+                    // Debounce: a container start writes several files in a burst.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Samples task states of every container every `every` for the load averages.
+    pub async fn sample_load(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let inv = self.inventory();
+            let host = Arc::clone(&self.host);
+            let _ = tokio::task::spawn_blocking(move || {
+                for t in inv.containers.values() {
+                    let Some(dir) = t.container.cgroups.tasks_dir(host.layout) else {
+                        continue;
+                    };
+                    let Ok(states) = loadavg::sample(dir, host.layout, &host.proc) else {
+                        continue;
+                    };
+                    let mut v = t.view.lock().unwrap_or_else(|e| e.into_inner());
+                    v.load.update(states.running + states.blocked);
+                    v.tasks = states;
+                    v.sampled = true;
+                }
+            })
+            .await;
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The agent's own metrics (`GET /metrics` on the agent's listener), with prometheus-client.
+//! Label values are bounded: routes and status classes, never ids or paths from requests.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a served request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name (`instance_metrics`, `node_metrics`, `instances`, `watch`, `own_metrics`,
+    /// `healthz`, `other`).
+    pub route: &'static str,
+    /// HTTP status code.
+    pub code: u16,
+}
+
+/// Labels naming a collector.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectorLabels {
+    /// Collector name.
+    pub collector: &'static str,
+}
+
+/// Every metric the agent keeps about itself.
+pub struct Telemetry {
+    registry: Registry,
+    /// Requests served.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Snapshot served from cache.
+    pub cache_hits: Counter,
+    /// Snapshot collected.
+    pub cache_misses: Counter,
+    /// Time to collect one container's snapshot.
+    pub collection_seconds: Histogram,
+    /// Collector failures in served views.
+    pub collector_errors: Family<CollectorLabels, Counter>,
+    /// Containers known now.
+    pub containers: Gauge,
+    /// TLS reloads that failed (the old certificates stay in use).
+    pub tls_reload_failures: Counter,
+}
+
+impl Telemetry {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lookout_agent");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests served, by route and status code",
+            requests.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Scrapes answered from a cached snapshot",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Scrapes that needed a new collection",
+            cache_misses.clone(),
+        );
+        let collection_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "collection_seconds",
+            "Time to collect one container's snapshot",
+            collection_seconds.clone(),
+        );
+        let collector_errors = Family::<CollectorLabels, Counter>::default();
+        registry.register(
+            "collector_errors",
+            "Collectors that failed in a served view",
+            collector_errors.clone(),
+        );
+        let containers = Gauge::default();
+        registry.register(
+            "containers",
+            "Containers known on this node",
+            containers.clone(),
+        );
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "tls_reload_failures",
+            "Certificate reloads that failed; the previous certificates stay in use",
+            tls_reload_failures.clone(),
+        );
+        Telemetry {
+            registry,
+            requests,
+            cache_hits,
+            cache_misses,
+            collection_seconds,
+            collector_errors,
+            containers,
+            tls_reload_failures,
+        }
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}

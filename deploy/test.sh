@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md documents it: installs what the tests need on a fresh
+# Debian machine (root required: the tests start real runc containers, cgroups and network
+# namespaces), then runs formatting, lint and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deploy/test.sh: must run as root (tests create containers, cgroups and network namespaces)" >&2
+  exit 1
+fi
+
+# Debian packages the tests use: runc + busybox-static (real containers), iproute2 (netns,
+# veth), prometheus (promtool checks the exposition), prometheus-node-exporter (the peer in
+# benchmarks and format comparisons), openssl (certificate fixtures in scripts).
+need_pkgs=()
+for pair in runc:runc busybox-static:/bin/busybox iproute2:ip prometheus:promtool \
+            prometheus-node-exporter:prometheus-node-exporter openssl:openssl; do
+  pkg=${pair%%:*} probe=${pair#*:}
+  if ! command -v "$probe" >/dev/null 2>&1 && [ ! -x "$probe" ]; then need_pkgs+=("$pkg"); fi
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "installing: ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -1,0 +1,59 @@
+//! Instances and the change events an agent streams to proxies.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One container, as discovery and authorization see it.
+///
+/// `id` is the routable name (a DNS label); `runtime_id` is what the container runtime calls
+/// it. Ownership (`tenant`) comes only from labels the operator's orchestrator sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Routable instance id: a lowercase DNS label of at most 63 characters.
+    pub id: String,
+    /// The id the container runtime uses (may be long, mixed case, or not a DNS label).
+    pub runtime_id: String,
+    /// The node (agent) hosting the instance.
+    pub node: String,
+    /// Owning tenant, if the orchestrator labelled one; `None` means unowned.
+    pub tenant: Option<String>,
+    /// Human name, used as `nodename` in `node_uname_info`.
+    pub alias: String,
+    /// Groups for `?groups=` filtering in discovery.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Image name or id, when the runtime or a label says.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// How the agent found it: `runc`, `crun` or `cgroup-rule:<name>`.
+    pub source: String,
+    /// Every runtime label (OCI annotations), for operators and relabeling.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One line of an agent's `GET /v1/instances?watch` stream (newline-delimited JSON).
+///
+/// The first event is always `Snapshot`, so a watcher never needs a separate list call; after
+/// that only changes follow. A watcher that loses the stream reconnects and starts again from
+/// a snapshot (level-triggered, no drift).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InstanceEvent {
+    /// Every instance the node has right now.
+    Snapshot {
+        /// The full list.
+        instances: Vec<Instance>,
+    },
+    /// A new or changed instance.
+    Upsert {
+        /// The instance as it is now.
+        instance: Instance,
+    },
+    /// An instance that is gone.
+    Remove {
+        /// Its id.
+        id: String,
+    },
+}
