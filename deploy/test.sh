@@ -12,12 +12,14 @@ fi
 
 # Debian packages the tests use: runc + busybox-static (real containers), iproute2 (netns,
 # veth), prometheus (promtool checks the exposition), prometheus-node-exporter (the peer in
-# benchmarks and format comparisons), openssl (certificate fixtures in scripts).
+# benchmarks and format comparisons), openssl (certificate fixtures in scripts),
+# python3-fusepy + fuse3 (a FUSE filesystem whose statfs hangs, the "dead NFS mount" test).
 need_pkgs=()
 for pair in runc:runc busybox-static:/bin/busybox iproute2:ip prometheus:promtool \
-            prometheus-node-exporter:prometheus-node-exporter openssl:openssl; do
+            prometheus-node-exporter:prometheus-node-exporter openssl:openssl \
+            fuse3:fusermount3 python3-fusepy:/usr/lib/python3/dist-packages/fusepy.py; do
   pkg=${pair%%:*} probe=${pair#*:}
-  if ! command -v "$probe" >/dev/null 2>&1 && [ ! -x "$probe" ]; then need_pkgs+=("$pkg"); fi
+  if ! command -v "$probe" >/dev/null 2>&1 && [ ! -e "$probe" ]; then need_pkgs+=("$pkg"); fi
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"

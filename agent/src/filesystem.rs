@@ -113,31 +113,29 @@ impl Statfs {
         out
     }
 
-    /// One statfs under the deadline.
+    /// One statfs under the deadline. The path counts as stuck from the moment the call
+    /// starts until it returns, so a call abandoned for any reason (its own deadline, or the
+    /// request's) is never started again while it still blocks a thread.
     pub async fn stat(&self, path: PathBuf) -> Result<Usage, String> {
         {
-            let stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
-            if stuck.contains(&path) {
+            let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+            if !stuck.insert(path.clone()) {
                 return Err("mount is stuck (an earlier statfs has not returned)".into());
             }
         }
         let stuck = Arc::clone(&self.stuck);
-        let p = path.clone();
         let call = tokio::task::spawn_blocking(move || {
-            let r = statfs(&p);
-            stuck.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
+            let r = statfs(&path);
+            stuck
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&path);
             r
         });
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(format!("statfs task failed: {e}")),
-            Err(_) => {
-                self.stuck
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(path);
-                Err(format!("statfs timed out after {:?}", self.timeout))
-            }
+            Err(_) => Err(format!("statfs timed out after {:?}", self.timeout)),
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct ContainerSpec {
     pub hostname: Option<String>,
     /// Join this network namespace (e.g. [`NetPair::ns_a_path`]) instead of a new one.
     pub netns: Option<PathBuf>,
+    /// Host directories bind-mounted into the container: `(host source, container path)`.
+    pub binds: Vec<(PathBuf, String)>,
 }
 
 /// A running container; killed, deleted and cleaned up on [`Container::remove`] or drop.
@@ -225,6 +227,7 @@ impl ContainerSpec {
             annotations: Vec::new(),
             hostname: None,
             netns: None,
+            binds: Vec::new(),
         }
     }
     /// Sets the process args.
@@ -267,6 +270,12 @@ impl ContainerSpec {
         self.hostname = Some(hostname.to_string());
         self
     }
+    /// Bind-mounts host directory `source` at `dest` inside the container.
+    pub fn bind(mut self, source: impl Into<PathBuf>, dest: &str) -> Self {
+        self.binds.push((source.into(), dest.to_string()));
+        self
+    }
+
     /// Joins the network namespace at `path` (must exist).
     pub fn netns(mut self, path: impl Into<PathBuf>) -> Self {
         self.netns = Some(path.into());
@@ -653,6 +662,11 @@ fn write_config(inner: &RuncInner, c: &Container, spec: &ContainerSpec) {
             .push(json!("CAP_NET_RAW"));
     }
     cfg["hostname"] = json!(spec.hostname.as_deref().unwrap_or(&spec.id));
+    if let Some(mounts) = cfg["mounts"].as_array_mut() {
+        for (source, dest) in &spec.binds {
+            mounts.push(json!({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rw"]}));
+        }
+    }
     let annotations = spec.annotations.iter().map(|(k, v)| (k.clone(), json!(v)));
     cfg["annotations"] = Value::Object(annotations.collect());
     let linux = &mut cfg["linux"];
