@@ -82,6 +82,14 @@ const CPU_MODES: [&str; 8] = [
     "idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user",
 ];
 
+/// A rendered view and the collectors that failed in it.
+pub struct View {
+    /// The exposition text.
+    pub text: String,
+    /// Collectors whose success is 0.
+    pub failed: Vec<&'static str>,
+}
+
 /// Renders one container.
 pub fn container(
     snap: &Snapshot,
@@ -89,7 +97,7 @@ pub fn container(
     host: &Host,
     sel: &Selection,
     format: Format,
-) -> String {
+) -> View {
     let mut e = Exposition::new(format, 16 * 1024);
     let mut outcome: Vec<(&'static str, bool)> = Vec::new();
     let cg = &snap.cgroup;
@@ -366,7 +374,14 @@ pub fn container(
     for (name, ok) in &outcome {
         f.sample(&[("collector", name)], if *ok { 1.0 } else { 0.0 });
     }
-    e.finish()
+    View {
+        text: e.finish(),
+        failed: outcome
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| *n)
+            .collect(),
+    }
 }
 
 /// `node_memory_*` as LXCFS computes `/proc/meminfo` for a container.

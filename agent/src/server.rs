@@ -288,14 +288,20 @@ impl Api {
             Err(e) => return Err(e.into()),
         };
         let format = negotiate(req);
-        let body = render::container(
+        let view = render::container(
             &snapshot,
             &tracked.container.instance,
             self.collector.host(),
             &selection,
             format,
         );
-        Ok(exposition_response(req, format, body))
+        for collector in view.failed {
+            self.telemetry
+                .collector_errors
+                .get_or_create(&crate::telemetry::CollectorLabels { collector })
+                .inc();
+        }
+        Ok(exposition_response(req, format, view.text))
     }
 
     async fn node_metrics(&self, req: &Request<Incoming>) -> Result<Response<Body>, ServeError> {
