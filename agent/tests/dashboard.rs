@@ -153,7 +153,7 @@ async fn node_exporter_full_top_row_is_sensible_per_container() {
         wait_query(port, r#"count_over_time(up{job="web"}[1m]) >= 6"#);
         let up = wait_query(port, r#"up{job="web"}"#);
         let f = r#"{job="web"}"#;
-        let cpu_busy = wait_query(port, &format!(r#"100 * (1 - avg(rate(node_cpu_seconds_total{{job="web",mode="idle"}}[5s])))"#));
+        let cpu_busy = wait_query(port, r#"100 * (1 - avg(rate(node_cpu_seconds_total{job="web",mode="idle"}[5s])))"#);
         let cores = wait_query(port, &format!("count(count(node_cpu_seconds_total{f}) by (cpu))"));
         let sys_load = wait_query(port, &format!("scalar(node_load1{f}) * 100 / count(count(node_cpu_seconds_total{f}) by (cpu))"));
         let ram_used = wait_query(port, &format!("clamp_min((1 - node_memory_MemAvailable_bytes{f} / node_memory_MemTotal_bytes{f}) * 100, 0)"));
