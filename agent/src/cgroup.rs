@@ -212,7 +212,9 @@ pub struct DeviceIo {
 pub struct Pids {
     /// Tasks (threads) now.
     pub current: u64,
-    /// Limit, if any.
+    /// Processes in the cgroup and its sub-cgroups (`cgroup.procs` lines).
+    pub processes: u64,
+    /// Effective limit (smallest over ancestors), if any.
     pub max: Option<u64>,
 }
 

@@ -331,6 +331,8 @@ pub fn container(
     if sel.has("processes") {
         outcome.push(("processes", cg.pids.is_ok()));
         if let Ok(p) = &cg.pids {
+            e.family("node_processes_pids", Kind::Gauge, "Number of PIDs")
+                .sample(&[], p.processes as f64);
             e.family(
                 "node_processes_threads",
                 Kind::Gauge,
@@ -400,7 +402,7 @@ fn meminfo(e: &mut Exposition, m: &Memory, host: &Host, _snap: &Snapshot) {
     };
     let swap_total = swap_limit.map_or(host.swap_total, |l| l.min(host.swap_total));
     let swap_free = swap_total.saturating_sub(m.swap_usage.unwrap_or(0));
-    let rows: [(&str, u64); 26] = [
+    let rows: [(&str, u64); 28] = [
         ("MemTotal", total),
         ("MemFree", free),
         ("MemAvailable", available),
@@ -430,6 +432,8 @@ fn meminfo(e: &mut Exposition, m: &Memory, host: &Host, _snap: &Snapshot) {
         ("KernelStack", s("kernel_stack")),
         ("PageTables", s("pagetables")),
         ("AnonHugePages", s("anon_thp")),
+        ("Percpu", s("percpu")),
+        ("VmallocUsed", s("vmalloc")),
     ];
     for (field, v) in rows {
         let name = format!("node_memory_{field}_bytes");

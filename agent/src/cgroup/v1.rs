@@ -51,7 +51,9 @@ pub fn read(paths: &CgroupPaths, root: &Path, psi: Option<(&Path, &Path)>) -> Cg
         }),
         memory: timed(&mut t, "meminfo", || ctrl("memory").and_then(memory)),
         io: timed(&mut t, "diskstats", || ctrl("blkio").and_then(io)),
-        pids: timed(&mut t, "processes", || ctrl("pids").and_then(pids)),
+        pids: timed(&mut t, "processes", || {
+            ctrl("pids").and_then(|d| pids(d, root))
+        }),
         pressure: timed(&mut t, "pressure", || match psi {
             Some((dir, _)) => super::read_pressure(dir).map(Some),
             None => Ok(None),
@@ -245,9 +247,9 @@ pub fn parse_blkio(text: &str) -> Result<Vec<BlkioLine<'_>>, String> {
     Ok(out)
 }
 
-/// `pids.current` and `pids.max`.
-pub fn pids(dir: &Path) -> Result<Pids, KernelFileError> {
-    super::v2::pids(dir)
+/// `pids.current`, processes, and the smallest `pids.max` in the pids hierarchy.
+pub fn pids(dir: &Path, root: &Path) -> Result<Pids, KernelFileError> {
+    super::v2::pids(dir, &hierarchy_root(dir, root))
 }
 
 #[cfg(test)]

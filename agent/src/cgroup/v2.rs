@@ -58,7 +58,7 @@ pub fn read(dir: Option<&Path>, root: &Path) -> CgroupStats {
         cpu_limit: timed(&mut t, "cpu", || cpu_limit(dir, root)),
         memory: timed(&mut t, "meminfo", || memory(dir, root)),
         io: timed(&mut t, "diskstats", || io(dir)),
-        pids: timed(&mut t, "processes", || pids(dir)),
+        pids: timed(&mut t, "processes", || pids(dir, root)),
         pressure: timed(&mut t, "pressure", || super::read_pressure(dir).map(Some)),
         timings: t,
     }
@@ -197,13 +197,35 @@ pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
 }
 
 /// `pids.current` and `pids.max`.
-pub fn pids(dir: &Path) -> Result<Pids, KernelFileError> {
+pub fn pids(dir: &Path, root: &Path) -> Result<Pids, KernelFileError> {
     Ok(Pids {
         current: kernel_file::read_u64(&dir.join("pids.current"))?,
-        max: kernel_file::read_limit(&dir.join("pids.max"))
-            .ok()
-            .flatten(),
+        processes: count_procs(dir, 0),
+        max: ancestors(dir, root)
+            .filter_map(|d| kernel_file::read_limit(&d.join("pids.max")).ok().flatten())
+            .min(),
     })
+}
+
+/// `cgroup.procs` lines of `dir` and its sub-cgroups (a guest with its own init keeps its
+/// processes below its cgroup), three levels deep at most.
+pub(crate) fn count_procs(dir: &Path, depth: usize) -> u64 {
+    let own = kernel_file::read(&dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter(|l| !l.is_empty()).count() as u64)
+        .unwrap_or(0);
+    if depth >= 3 {
+        return own;
+    }
+    let children = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| count_procs(&e.path(), depth + 1))
+                .sum()
+        })
+        .unwrap_or(0);
+    own + children
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ impl RuleSource {
             runtime_id: id.clone(),
             pid,
             start_ticks: start,
-            cgroups: cgroups_of(host, pid)?,
+            cgroups: cgroups_at(host, rel, pid)?,
             rootfs: None,
             hostname: Some(id),
             labels,
@@ -182,11 +182,39 @@ impl Source for RuleSource {
     }
 }
 
-/// First pid in `cgroup.procs` of `dir` or, if empty, of its sub-cgroups (netdata's rule).
+/// The matched cgroup itself in every hierarchy where it exists: a guest that runs its own
+/// init (nspawn `--boot`, LXC) keeps its processes in sub-cgroups, and the container is the
+/// whole subtree, not the sub-cgroup of whichever process was found first. Hierarchies
+/// without that path (v1 controllers the manager did not delegate) fall back to where the
+/// init process sits.
+fn cgroups_at(host: &Host, rel: &str, pid: u32) -> Option<crate::cgroup::CgroupPaths> {
+    let mut paths = cgroups_of(host, pid)?;
+    match host.layout {
+        Layout::Unified => paths.unified = Some(host.cgroup.join(rel)),
+        Layout::Hybrid | Layout::Legacy => {
+            for ctrl in ["cpu", "cpuacct", "cpuset", "memory", "blkio", "pids"] {
+                let dir = host.cgroup.join(ctrl).join(rel);
+                if dir.is_dir() {
+                    paths.v1.insert(ctrl.to_string(), dir);
+                }
+            }
+            let unified = host.cgroup.join("unified").join(rel);
+            if host.layout == Layout::Hybrid && unified.is_dir() {
+                paths.unified = Some(unified);
+            }
+        }
+    }
+    Some(paths)
+}
+
+/// The container's init: the first pid in `cgroup.procs` of `dir`, else of its `init.scope`
+/// (where a booted systemd guest keeps pid 1), else of any sub-cgroup (netdata's rule).
 fn first_pid(dir: &Path, depth: usize) -> Option<u32> {
-    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        if let Some(pid) = text.lines().find_map(|l| l.trim().parse().ok()) {
-            return Some(pid);
+    for candidate in [dir.to_path_buf(), dir.join("init.scope")] {
+        if let Ok(text) = std::fs::read_to_string(candidate.join("cgroup.procs")) {
+            if let Some(pid) = text.lines().find_map(|l| l.trim().parse().ok()) {
+                return Some(pid);
+            }
         }
     }
     if depth >= 3 {

@@ -81,7 +81,13 @@ pub struct CpuStat {
 
 impl CpuStat {
     /// Usage = user + system, with CFS throttling counters.
-    pub fn new(user_usec: u64, system_usec: u64, periods: u64, throttled: u64, t_usec: u64) -> Self {
+    pub fn new(
+        user_usec: u64,
+        system_usec: u64,
+        periods: u64,
+        throttled: u64,
+        t_usec: u64,
+    ) -> Self {
         CpuStat {
             usage_usec: user_usec + system_usec,
             user_usec,
@@ -613,13 +619,7 @@ impl Fixture {
     /// A Kubernetes pod slice with the systemd driver:
     /// `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_with_underscores>.slice`,
     /// carrying the pod's limits. `kubepods.slice` gets `node_allocatable` bytes of memory.
-    pub fn kubernetes_pod(
-        &self,
-        qos: &str,
-        uid: &str,
-        node_allocatable: u64,
-        pod: Limits,
-    ) -> Pod {
+    pub fn kubernetes_pod(&self, qos: &str, uid: &str, node_allocatable: u64, pod: Limits) -> Pod {
         self.slice(
             "kubepods.slice",
             Limits {
@@ -666,10 +666,14 @@ impl Fixture {
             &format!("machine.slice/libpod-conmon-{id}.scope"),
             &['S'],
             None,
+            0.0,
         );
         let conmon_dir = self.cgroup_dir(&format!("machine.slice/libpod-conmon-{id}.scope"));
         write(&conmon_dir.join("cgroup.procs"), &format!("{}\n", conmon.0));
-        write(&conmon_dir.join("cgroup.threads"), &format!("{}\n", conmon.0));
+        write(
+            &conmon_dir.join("cgroup.threads"),
+            &format!("{}\n", conmon.0),
+        );
 
         let bundle = self.path(&format!(
             "var/lib/containers/storage/overlay-containers/{id}/userdata"
@@ -708,7 +712,8 @@ impl Fixture {
              \"cgroup-path\" : \"/{rel}\",\n    \"scope\" : \"libpod-{id}.scope\",\n    \
              \"rootfs\" : \"{rootfs}\",\n    \"systemd-cgroup\" : true,\n    \
              \"bundle\" : \"{bundle}\",\n    \"created\" : \"2026-11-21T05:10:43.512376241Z\",\n    \
-             \"owner\" : \"root\",\n    \"detached\" : true\n}}\n",
+             \"owner\" : \"root\",\n    \"detached\" : true,\n    \
+             \"external_descriptors\" : \"[\\\"/dev/null\\\",\\\"/dev/null\\\",\\\"/dev/null\\\"]\"\n}}\n",
             pid = p.pid,
             start = p.start_ticks,
             rootfs = p.rootfs.display(),
@@ -720,18 +725,78 @@ impl Fixture {
         p
     }
 
-    /// systemd-nspawn as `systemd-nspawn@<machine>.service`: the container in `payload/`,
-    /// the nspawn process in `supervisor/`, the unit's limits on the service cgroup, and no
-    /// runtime state at all (found by the default cgroup path rule).
+    /// systemd-nspawn in `systemd-nspawn@<machine>.service` without `--boot`: the
+    /// container's init directly in `payload/`, the nspawn process in `supervisor/`, the
+    /// unit's limits on the service cgroup, and no runtime state at all (found by the
+    /// default cgroup path rule).
     pub fn systemd_nspawn(&self, machine: &str, service: Limits, spec: &Spec) -> Placed {
         let service_rel = format!("machine.slice/systemd-nspawn@{machine}.service");
         self.slice(&service_rel, service);
         let supervisor_rel = format!("{service_rel}/supervisor");
-        let (sup, _) = self.process("systemd-nspawn", &supervisor_rel, &['S'], None);
+        let (sup, _) = self.process("systemd-nspawn", &supervisor_rel, &['S'], None, 0.0);
         let sup_dir = self.cgroup_dir(&supervisor_rel);
         write(&sup_dir.join("cgroup.procs"), &format!("{sup}\n"));
         write(&sup_dir.join("cgroup.threads"), &format!("{sup}\n"));
         self.place(machine, &format!("{service_rel}/payload"), spec)
+    }
+
+    /// systemd-nspawn as `systemd-nspawn@<machine>.service` runs it: `--boot`, so the guest's
+    /// systemd moves itself into `payload/init.scope` and starts its services in
+    /// `payload/system.slice/<unit>`; `payload` itself holds no process (v2's no-internal-
+    /// process rule) and its files account the whole subtree (`spec.stats`). Each sub-cgroup
+    /// gets its own, smaller numbers (`init` and `service`); the service (`nginx`) started
+    /// 5 s after the guest's init. Returns the container as `payload` with the guest's init.
+    pub fn systemd_nspawn_booted(
+        &self,
+        machine: &str,
+        service_limits: Limits,
+        spec: &Spec,
+        init: &Stats,
+        service: &Stats,
+    ) -> Placed {
+        let service_rel = format!("machine.slice/systemd-nspawn@{machine}.service");
+        self.slice(&service_rel, service_limits);
+        let supervisor_rel = format!("{service_rel}/supervisor");
+        let (sup, _) = self.process("systemd-nspawn", &supervisor_rel, &['S'], None, 0.0);
+        let sup_dir = self.cgroup_dir(&supervisor_rel);
+        write(&sup_dir.join("cgroup.procs"), &format!("{sup}\n"));
+        write(&sup_dir.join("cgroup.threads"), &format!("{sup}\n"));
+
+        let payload_rel = format!("{service_rel}/payload");
+        let payload = self.cgroup_dir(&payload_rel);
+        let mut leaves = Vec::new();
+        for (rel, comm, stats, later) in [
+            (format!("{payload_rel}/init.scope"), "systemd", init, 0.0),
+            (
+                format!("{payload_rel}/system.slice/nginx.service"),
+                "nginx",
+                service,
+                5.0,
+            ),
+        ] {
+            let (pid, start) =
+                self.process(comm, &rel, &stats.threads, Some(&spec.stats.net), later);
+            let tids: Vec<u32> = (0..stats.threads.len() as u32).map(|i| pid + i).collect();
+            write_stats(&self.cgroup_dir(&rel), stats, &[pid], &tids, tids.len());
+            leaves.push((pid, start, tids));
+        }
+        let tasks: usize = leaves.iter().map(|(_, _, t)| t.len()).sum();
+        write_stats(&payload, &spec.stats, &[], &[], tasks);
+        write(
+            &payload.join("cgroup.subtree_control"),
+            "cpu io memory pids\n",
+        );
+        let (pid, start_ticks, tids) = leaves.swap_remove(0);
+        Placed {
+            runtime_id: machine.into(),
+            pid,
+            tids,
+            start_ticks,
+            cgroup: payload,
+            cgroup_rel: payload_rel,
+            rootfs: self.path(&format!("rootfs/{pid}")),
+            state: None,
+        }
     }
 
     /// Removes `/proc/<pid>` (and its threads' entries): the process exited.
@@ -744,85 +809,22 @@ impl Fixture {
         }
     }
 
-    /// Rewrites the init's `/proc/<pid>/stat` with another state letter (e.g. `Z`).
-    pub fn set_state(&self, p: &Placed, state: char, comm: &str) {
+    /// Rewrites the init's `/proc/<pid>/stat` with another state letter (`Z`: a zombie) or
+    /// start time (another process that reused the pid).
+    pub fn rewrite_stat(&self, p: &Placed, state: char, start_ticks: u64) {
         write(
             &self.roots.proc.join(p.pid.to_string()).join("stat"),
-            &stat_line(p.pid, comm, state, p.start_ticks, p.tids.len()),
+            &stat_line(p.pid, "init", state, start_ticks, p.tids.len()),
         );
     }
 
     /// Writes the container's cgroup files and processes; returns where they are.
     fn place(&self, runtime_id: &str, rel: &str, spec: &Spec) -> Placed {
         let s = &spec.stats;
-        let (pid, start_ticks) = self.process(&spec.comm, rel, &s.threads, Some(&s.net));
+        let (pid, start_ticks) = self.process(&spec.comm, rel, &s.threads, Some(&s.net), 0.0);
         let tids: Vec<u32> = (0..s.threads.len() as u32).map(|i| pid + i).collect();
         let dir = self.cgroup_dir(rel);
-        let lines = |v: &[u32]| v.iter().map(|t| format!("{t}\n")).collect::<String>();
-        let max = |v: Option<u64>| v.map_or("max".to_string(), |n| n.to_string());
-        let io: String = s
-            .io
-            .iter()
-            .map(|d| {
-                format!(
-                    "{}:{} rbytes={} wbytes={} rios={} wios={} dbytes=0 dios=0\n",
-                    d.dev.0, d.dev.1, d.rbytes, d.wbytes, d.rios, d.wios
-                )
-            })
-            .collect();
-        let e = &s.events;
-        let files = [
-            ("cgroup.procs", lines(&[pid])),
-            ("cgroup.threads", lines(&tids)),
-            ("cgroup.controllers", "cpuset cpu io memory pids\n".into()),
-            ("cgroup.subtree_control", String::new()),
-            ("cgroup.type", "domain\n".into()),
-            ("cpu.stat", s.cpu.file()),
-            (
-                "cpu.max",
-                match s.cpu_max {
-                    Some((q, p)) => format!("{q} {p}\n"),
-                    None => "max 100000\n".into(),
-                },
-            ),
-            ("cpu.weight", "100\n".into()),
-            ("cpuset.cpus.effective", format!("{}\n", s.cpuset_cpus)),
-            ("cpuset.mems.effective", "0\n".into()),
-            ("memory.current", format!("{}\n", s.memory_current)),
-            ("memory.max", format!("{}\n", max(s.memory_max))),
-            ("memory.high", "max\n".into()),
-            ("memory.low", "0\n".into()),
-            ("memory.min", "0\n".into()),
-            ("memory.swap.current", format!("{}\n", s.swap_current)),
-            ("memory.swap.max", format!("{}\n", max(s.swap_max))),
-            (
-                "memory.events",
-                format!(
-                    "low {}\nhigh {}\nmax {}\noom {}\noom_kill {}\noom_group_kill {}\n",
-                    e.low, e.high, e.max, e.oom, e.oom_kill, e.oom_group_kill
-                ),
-            ),
-            (
-                "memory.stat",
-                s.memory_stat
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}\n"))
-                    .collect(),
-            ),
-            ("io.stat", io),
-            ("pids.current", format!("{}\n", s.threads.len())),
-            ("pids.max", format!("{}\n", max(s.pids_max))),
-            ("cpu.pressure", s.cpu_pressure.file()),
-            ("memory.pressure", s.memory_pressure.file()),
-            ("io.pressure", s.io_pressure.file()),
-        ];
-        for (name, text) in files {
-            write(&dir.join(name), &text);
-        }
-        if let Some(irq) = s.irq_pressure {
-            write(&dir.join("irq.pressure"), &irq.file());
-        }
-        let rootfs = self.path(&format!("rootfs/{pid}"));
+        write_stats(&dir, s, &[pid], &tids, s.threads.len());
         Placed {
             runtime_id: runtime_id.into(),
             pid,
@@ -830,25 +832,27 @@ impl Fixture {
             start_ticks,
             cgroup: dir,
             cgroup_rel: rel.into(),
-            rootfs,
+            rootfs: self.path(&format!("rootfs/{pid}")),
             state: None,
         }
     }
 
     /// Writes `/proc/<pid>` for a process in cgroup `rel` with threads in `states` (init
     /// first): `stat`, `cgroup`, `mountinfo`, `net/dev` (when given), `task/<tid>/stat`, the
-    /// hidden `/proc/<tid>` of each thread, and `root` → a real directory. Returns the pid
-    /// and its start ticks.
+    /// hidden `/proc/<tid>` of each thread, and `root` → a real directory. The process
+    /// started `later` seconds after the container's init. Returns the pid and its start
+    /// ticks.
     fn process(
         &self,
         comm: &str,
         rel: &str,
         states: &[char],
         net: Option<&[NetDev]>,
+        later: f64,
     ) -> (u32, u64) {
         let pid = self.next_pid.get();
         self.next_pid.set(pid + 100);
-        let start_ticks = (self.started_at * self.clk_tck as f64) as u64;
+        let start_ticks = ((self.started_at + later) * self.clk_tck as f64) as u64;
         let pdir = self.roots.proc.join(pid.to_string());
         for (i, state) in states.iter().enumerate() {
             let tid = pid + i as u32;
@@ -900,56 +904,56 @@ pub const MOUNTINFO: &str = "\
 /// Field 3…52 of `/proc/<pid>/stat` around the given values (`proc(5)`).
 fn stat_line(pid: u32, comm: &str, state: char, start_ticks: u64, threads: usize) -> String {
     let fields: Vec<String> = [
-        state.to_string(), // 3 state
-        "1".into(),        // 4 ppid
-        pid.to_string(),   // 5 pgrp
-        pid.to_string(),   // 6 session
-        "0".into(),        // 7 tty_nr
-        "-1".into(),       // 8 tpgid
-        "4194560".into(),  // 9 flags
-        "1532".into(),     // 10 minflt
-        "0".into(),        // 11 cminflt
-        "12".into(),       // 12 majflt
-        "0".into(),        // 13 cmajflt
-        "37".into(),       // 14 utime
-        "21".into(),       // 15 stime
-        "0".into(),        // 16 cutime
-        "0".into(),        // 17 cstime
-        "20".into(),       // 18 priority
-        "0".into(),        // 19 nice
-        threads.to_string(), // 20 num_threads
-        "0".into(),        // 21 itrealvalue
-        start_ticks.to_string(), // 22 starttime
-        "12582912".into(), // 23 vsize
-        "812".into(),      // 24 rss
+        state.to_string(),             // 3 state
+        "1".into(),                    // 4 ppid
+        pid.to_string(),               // 5 pgrp
+        pid.to_string(),               // 6 session
+        "0".into(),                    // 7 tty_nr
+        "-1".into(),                   // 8 tpgid
+        "4194560".into(),              // 9 flags
+        "1532".into(),                 // 10 minflt
+        "0".into(),                    // 11 cminflt
+        "12".into(),                   // 12 majflt
+        "0".into(),                    // 13 cmajflt
+        "37".into(),                   // 14 utime
+        "21".into(),                   // 15 stime
+        "0".into(),                    // 16 cutime
+        "0".into(),                    // 17 cstime
+        "20".into(),                   // 18 priority
+        "0".into(),                    // 19 nice
+        threads.to_string(),           // 20 num_threads
+        "0".into(),                    // 21 itrealvalue
+        start_ticks.to_string(),       // 22 starttime
+        "12582912".into(),             // 23 vsize
+        "812".into(),                  // 24 rss
         "18446744073709551615".into(), // 25 rsslim
-        "94000000000000".into(), // 26 startcode
-        "94000000100000".into(), // 27 endcode
-        "140700000000000".into(), // 28 startstack
-        "0".into(),        // 29 kstkesp
-        "0".into(),        // 30 kstkeip
-        "0".into(),        // 31 signal
-        "0".into(),        // 32 blocked
-        "0".into(),        // 33 sigignore
-        "81922".into(),    // 34 sigcatch
-        "1".into(),        // 35 wchan
-        "0".into(),        // 36 nswap
-        "0".into(),        // 37 cnswap
-        "17".into(),       // 38 exit_signal
-        "1".into(),        // 39 processor
-        "0".into(),        // 40 rt_priority
-        "0".into(),        // 41 policy
-        "0".into(),        // 42 delayacct_blkio_ticks
-        "0".into(),        // 43 guest_time
-        "0".into(),        // 44 cguest_time
-        "94000000200000".into(), // 45 start_data
-        "94000000300000".into(), // 46 end_data
-        "94000001000000".into(), // 47 start_brk
-        "140700000100000".into(), // 48 arg_start
-        "140700000100020".into(), // 49 arg_end
-        "140700000100020".into(), // 50 env_start
-        "140700000100900".into(), // 51 env_end
-        "0".into(),        // 52 exit_code
+        "94000000000000".into(),       // 26 startcode
+        "94000000100000".into(),       // 27 endcode
+        "140700000000000".into(),      // 28 startstack
+        "0".into(),                    // 29 kstkesp
+        "0".into(),                    // 30 kstkeip
+        "0".into(),                    // 31 signal
+        "0".into(),                    // 32 blocked
+        "0".into(),                    // 33 sigignore
+        "81922".into(),                // 34 sigcatch
+        "1".into(),                    // 35 wchan
+        "0".into(),                    // 36 nswap
+        "0".into(),                    // 37 cnswap
+        "17".into(),                   // 38 exit_signal
+        "1".into(),                    // 39 processor
+        "0".into(),                    // 40 rt_priority
+        "0".into(),                    // 41 policy
+        "0".into(),                    // 42 delayacct_blkio_ticks
+        "0".into(),                    // 43 guest_time
+        "0".into(),                    // 44 cguest_time
+        "94000000200000".into(),       // 45 start_data
+        "94000000300000".into(),       // 46 end_data
+        "94000001000000".into(),       // 47 start_brk
+        "140700000100000".into(),      // 48 arg_start
+        "140700000100020".into(),      // 49 arg_end
+        "140700000100020".into(),      // 50 env_start
+        "140700000100900".into(),      // 51 env_end
+        "0".into(),                    // 52 exit_code
     ]
     .into();
     assert_eq!(fields.len(), 50, "stat fields 3..=52");
@@ -1057,10 +1061,81 @@ fn runc_state(
     serde_json::to_string(&state).expect("state.json serialises")
 }
 
+/// Writes a v2 cgroup directory's files from `s`, with these processes and threads listed
+/// and `pids_current` tasks counted (the subtree's, as the kernel counts).
+fn write_stats(dir: &Path, s: &Stats, procs: &[u32], tids: &[u32], pids_current: usize) {
+    let lines = |v: &[u32]| v.iter().map(|t| format!("{t}\n")).collect::<String>();
+    let max = |v: Option<u64>| v.map_or("max".to_string(), |n| n.to_string());
+    let io: String =
+        s.io.iter()
+            .map(|d| {
+                format!(
+                    "{}:{} rbytes={} wbytes={} rios={} wios={} dbytes=0 dios=0\n",
+                    d.dev.0, d.dev.1, d.rbytes, d.wbytes, d.rios, d.wios
+                )
+            })
+            .collect();
+    let e = &s.events;
+    let files = [
+        ("cgroup.procs", lines(procs)),
+        ("cgroup.threads", lines(tids)),
+        ("cgroup.controllers", "cpuset cpu io memory pids\n".into()),
+        ("cgroup.subtree_control", String::new()),
+        ("cgroup.type", "domain\n".into()),
+        ("cpu.stat", s.cpu.file()),
+        (
+            "cpu.max",
+            match s.cpu_max {
+                Some((q, p)) => format!("{q} {p}\n"),
+                None => "max 100000\n".into(),
+            },
+        ),
+        ("cpu.weight", "100\n".into()),
+        ("cpuset.cpus.effective", format!("{}\n", s.cpuset_cpus)),
+        ("cpuset.mems.effective", "0\n".into()),
+        ("memory.current", format!("{}\n", s.memory_current)),
+        ("memory.max", format!("{}\n", max(s.memory_max))),
+        ("memory.high", "max\n".into()),
+        ("memory.low", "0\n".into()),
+        ("memory.min", "0\n".into()),
+        ("memory.swap.current", format!("{}\n", s.swap_current)),
+        ("memory.swap.max", format!("{}\n", max(s.swap_max))),
+        (
+            "memory.events",
+            format!(
+                "low {}\nhigh {}\nmax {}\noom {}\noom_kill {}\noom_group_kill {}\n",
+                e.low, e.high, e.max, e.oom, e.oom_kill, e.oom_group_kill
+            ),
+        ),
+        (
+            "memory.stat",
+            s.memory_stat
+                .iter()
+                .map(|(k, v)| format!("{k} {v}\n"))
+                .collect(),
+        ),
+        ("io.stat", io),
+        ("pids.current", format!("{pids_current}\n")),
+        ("pids.max", format!("{}\n", max(s.pids_max))),
+        ("cpu.pressure", s.cpu_pressure.file()),
+        ("memory.pressure", s.memory_pressure.file()),
+        ("io.pressure", s.io_pressure.file()),
+    ];
+    for (name, text) in files {
+        write(&dir.join(name), &text);
+    }
+    if let Some(irq) = s.irq_pressure {
+        write(&dir.join("irq.pressure"), &irq.file());
+    }
+}
+
 fn write_limits(dir: &Path, l: Limits) {
     let max = |v: Option<u64>| v.map_or("max".to_string(), |n| n.to_string());
     write(&dir.join("memory.max"), &format!("{}\n", max(l.memory_max)));
-    write(&dir.join("memory.swap.max"), &format!("{}\n", max(l.swap_max)));
+    write(
+        &dir.join("memory.swap.max"),
+        &format!("{}\n", max(l.swap_max)),
+    );
     write(&dir.join("pids.max"), &format!("{}\n", max(l.pids_max)));
     let cpu = match l.cpu_max {
         Some((q, p)) => format!("{q} {p}\n"),
@@ -1071,8 +1146,7 @@ fn write_limits(dir: &Path, l: Limits) {
 
 fn write(path: &Path, text: &str) {
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)
-            .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
     }
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
