@@ -63,7 +63,9 @@ pub fn procfs(data: &[u8]) {
         for l in &lines {
             assert!(l.path.starts_with('/'), "cgroup path {:?}", l.path);
             assert!(
-                l.controllers.iter().all(|c| !c.is_empty() && !c.contains(',')),
+                l.controllers
+                    .iter()
+                    .all(|c| !c.is_empty() && !c.contains(',')),
                 "controllers {:?}",
                 l.controllers
             );
@@ -77,7 +79,11 @@ pub fn procfs(data: &[u8]) {
             "one device per line after the two header lines"
         );
         for d in &devs {
-            assert!(!d.device.contains(':'), "device name {:?} has a ':'", d.device);
+            assert!(
+                !d.device.contains(':'),
+                "device name {:?} has a ':'",
+                d.device
+            );
             assert_eq!(d.device, d.device.trim(), "device name is trimmed");
         }
     }
@@ -113,7 +119,11 @@ pub fn cgroupfs(data: &[u8]) {
     }
 
     if let Ok(devs) = v2::parse_io_stat(&t) {
-        assert_eq!(devs.len(), non_blank_lines(&t), "one device per io.stat line");
+        assert_eq!(
+            devs.len(),
+            non_blank_lines(&t),
+            "one device per io.stat line"
+        );
     }
 
     if let Ok(lines) = v1::parse_blkio(&t) {
@@ -147,13 +157,17 @@ pub fn cgroupfs(data: &[u8]) {
 fn one_value(v: &str) {
     // The agent trims before `parse_limit` (`read_limit`); the others get the file as is.
     if let Some(Some(n)) = kernel_file::parse_limit(v.trim()) {
-        assert!(n < 1 << 62, "v1 'unlimited' sentinel {n} returned as a limit");
+        assert!(
+            n < 1 << 62,
+            "v1 'unlimited' sentinel {n} returned as a limit"
+        );
     }
 
     let quota = v2::parse_cpu_max(v);
     if let Some(q) = quota {
-        // `!(q > 0.0)` also catches NaN.
-        assert!(q > 0.0, "cpu.max {v:?} gave quota {q}");
+        // Found by this target when cpu.max was parsed as f64 (`8 1e309` gave 0 cores,
+        // `1e309 1` infinite ones); fixed by parsing integers.
+        assert!(q > 0.0 && q.is_finite(), "cpu.max {v:?} gave quota {q}");
     }
 
     let cpus = kernel_file::cpu_list_count(v);
@@ -251,7 +265,11 @@ fn check_container(d: Discovered) {
             continue;
         };
         let i = &c.instance;
-        assert!(is_dns_label(&i.id), "instance id {:?} is not a DNS label", i.id);
+        assert!(
+            is_dns_label(&i.id),
+            "instance id {:?} is not a DNS label",
+            i.id
+        );
         assert_eq!(i.runtime_id, d.runtime_id);
         assert_eq!(i.labels, d.labels);
         for g in &i.groups {
@@ -260,7 +278,10 @@ fn check_container(d: Discovered) {
                 "group {g:?}"
             );
         }
-        assert!(i.groups.windows(2).all(|w| w[0] < w[1]), "groups sorted, unique");
+        assert!(
+            i.groups.windows(2).all(|w| w[0] < w[1]),
+            "groups sorted, unique"
+        );
     }
 }
 
@@ -271,7 +292,11 @@ pub fn http_inputs(data: &[u8]) {
     let lower = t.to_ascii_lowercase();
 
     let format = Format::negotiate(Some(&t));
-    assert_eq!(format, Format::negotiate(Some(&t)), "negotiation is deterministic");
+    assert_eq!(
+        format,
+        Format::negotiate(Some(&t)),
+        "negotiation is deterministic"
+    );
     if !lower.contains("application/openmetrics-text") {
         assert_eq!(format, Format::Text, "OpenMetrics without asking for it");
     }
@@ -356,7 +381,9 @@ fn check_id(preferred: Option<&str>, runtime_id: &str) {
         assert!(
             !prefix.is_empty()
                 && hash.len() == 12
-                && hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                && hash
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
             "derived id {id:?} is not <prefix>-<12 lowercase hex>"
         );
     }

@@ -109,12 +109,13 @@ pub fn cpu_limit(dir: &Path, root: &Path) -> CpuLimit {
     }
 }
 
-/// `$QUOTA $PERIOD` → cores, `max …` → `None`.
+/// `$QUOTA $PERIOD` → cores, `max …` → `None`. Both are integers (µs) as the kernel
+/// writes them; anything else, or a zero, is no limit rather than a nonsense one.
 pub fn parse_cpu_max(text: &str) -> Option<f64> {
     let mut it = text.split_ascii_whitespace();
-    let quota: f64 = it.next()?.parse().ok()?;
-    let period: f64 = it.next().unwrap_or("100000").parse().ok()?;
-    (quota > 0.0 && period > 0.0).then(|| quota / period)
+    let quota: u64 = it.next()?.parse().ok()?;
+    let period: u64 = it.next().unwrap_or("100000").parse().ok()?;
+    (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
 }
 
 /// Memory usage, effective limits, events and breakdown.

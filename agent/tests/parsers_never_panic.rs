@@ -1,0 +1,643 @@
+//! The always-on shadow of the fuzz targets in `fuzz/`.
+//!
+//! `cargo fuzz` needs a nightly compiler (or `RUSTC_BOOTSTRAP=1`) and minutes per target, so
+//! it runs by hand (`fuzz/README.md`). This test runs the very same harnesses on stable Rust
+//! in every CI run: `fuzz/src/lib.rs` is included below as a module, so the parsers covered
+//! and the invariants asserted cannot drift apart. Each target gets its seed corpus
+//! (`fuzz/seeds/<target>/`, real kernel and runtime samples), a few hand-picked edge cases,
+//! and [`MUTATIONS`] deterministic mutants of its seeds from a fixed-seed xorshift PRNG: bit
+//! flips, truncations, deletions, duplications, splices between seeds, and insertions of
+//! separators (`:`, ` `, `\n`, `=`, `,`), digits, numbers that overflow `u32`/`u64`, `-`,
+//! escapes and non-ASCII text.
+//!
+//! A parser that panics, or breaks an invariant, fails the test with the target's name and
+//! the input in hex; a target that has not finished within [`DEADLINE`] (a hang) fails it
+//! with the input it is stuck on. Either way, add the input to the target's `extra` list
+//! below with a comment naming the bug, and fix the parser.
+
+#[path = "../../fuzz/src/lib.rs"]
+mod harness;
+
+use std::collections::BTreeSet;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Mutants per target.
+const MUTATIONS: usize = 4000;
+/// Mutants larger than this are cut back: beyond a few lines, size adds time, not coverage.
+const MAX_LEN: usize = 8 * 1024;
+/// How long one target may take before it counts as hung (generous: debug build, busy CI).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A fuzz target as this test runs it.
+struct Target {
+    /// Name of the `fuzz_targets/` binary and of its seed directory.
+    name: &'static str,
+    /// The harness.
+    run: fn(&[u8]),
+    /// `fuzz/seeds/<name>/*`, embedded at compile time.
+    seeds: &'static [(&'static str, &'static [u8])],
+    /// Hand-picked edge cases and regression inputs, run as they are.
+    extra: &'static [&'static [u8]],
+}
+
+/// Embeds seed files: `seeds!("target": "file", …)`.
+macro_rules! seeds {
+    ($target:literal: $($file:literal),+ $(,)?) => {
+        &[$((
+            $file,
+            include_bytes!(concat!("../../fuzz/seeds/", $target, "/", $file)) as &[u8],
+        )),+]
+    };
+}
+
+const PROCFS: Target = Target {
+    name: "procfs",
+    run: harness::procfs,
+    seeds: seeds!("procfs":
+        "proc_meminfo",
+        "proc_net_dev",
+        "proc_pid_cgroup_hybrid",
+        "proc_pid_cgroup_unified",
+        "proc_pid_mountinfo",
+        "proc_pid_mountinfo_container",
+        "proc_pid_stat",
+        "proc_pid_stat_hostile_comm",
+    ),
+    extra: &[
+        b"",
+        b")",
+        b"1 () R",
+        b"1 (x) \xe2\x80\xa8 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20",
+        b"1 (x) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 18446744073709551616",
+        b"0::",
+        b"0::/\n\n:::/\n",
+        b"a\nb\nx:",
+        b"a\nb\n\xc2\x85eth0\xc2\x85: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16",
+        b"a\nb\nlo: 18446744073709551616 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0",
+        b"1 2 3 4 5 6 - a",
+        b"1 2 3:4 / /x\\777\\ rw - t\\134 s\\0",
+        b"1 2 3:4 / /\\ rw - - -",
+        b"MemTotal: 18446744073709551615 kB\n:\n: 1\nSwapTotal:",
+    ],
+};
+
+const CGROUPFS: Target = Target {
+    name: "cgroupfs",
+    run: harness::cgroupfs,
+    seeds: seeds!("cgroupfs":
+        "cpuset.cpus.effective",
+        "dev",
+        "proc_pressure_io",
+        "v1_blkio.throttle.io_service_bytes_recursive",
+        "v1_blkio_empty",
+        "v1_cpu.stat",
+        "v1_cpuacct.stat",
+        "v1_cpuset.cpus",
+        "v1_memory.limit_in_bytes",
+        "v1_memory.stat",
+        "v2_cpu.max",
+        "v2_cpu.max_unlimited",
+        "v2_cpu.pressure",
+        "v2_cpu.pressure_no_full",
+        "v2_cpu.stat",
+        "v2_io.stat",
+        "v2_memory.events",
+        "v2_memory.max",
+        "v2_memory.stat",
+    ),
+    extra: &[
+        b"",
+        b"0-18446744073709551615",
+        b"18446744073709551614-18446744073709551615",
+        b"0-65536,0-65536,0-65536",
+        b"0-65537",
+        b"-,--,0--1, - ",
+        b"4611686018427387903\n4611686018427387904\n-1\nmax\n-0",
+        b"4294967295:4294967295 rbytes=18446744073709551615\n4294967296:0",
+        b"8:0 Read 18446744073709551616",
+        b"Total\nTotal 1 2",
+        b"some total=\nfull total=18446744073709551615",
+        b"irq total=1",
+        b"0 1\n-1 100000\n1 0\nNaN 1\n1 NaN\n-0 -0",
+        // Regression, bug cpu-max-float (fuzz artifact crash-138a3bc3…): `parse_cpu_max`
+        // parsed f64, so the period `2818806E1808` was +inf and the quota 0 cores. Fixed; see
+        // `cpu_max_quota_is_finite_and_positive`.
+        b"\n8\n2818806E1808\n",
+        // Same bug, other way round: quotas of +inf cores (the first input also from the
+        // fuzzer).
+        b"9223372036e854771712",
+        b"inf 1\n1e308 1e-308\n+inf\n",
+    ],
+};
+
+const RUNTIME_STATE: Target = Target {
+    name: "runtime_state",
+    run: harness::runtime_state,
+    seeds: seeds!("runtime_state":
+        "crun_status",
+        "oci_config.json",
+        "runc_state.json",
+        "runc_state_v1.json",
+    ),
+    extra: &[
+        b"",
+        b"{}",
+        b"null",
+        b"[]",
+        b"{\"pid\":4294967296}",
+        br#"{"id":"","init_process_pid":0,"init_process_start":0,"config":{"labels":["","=","==","a","a=1","a=2"]},"cgroup_paths":{"":"","x":"/sys/fs/cgroup/../../etc","/abs":"//x"}}"#,
+        br#"{"id":"-","init_process_pid":1,"init_process_start":1,"config":{"hostname":"","labels":["lookout.id=-","lookout.groups=,, ,a,a"]}}"#,
+        br#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox"},"hostname":"x"}"#,
+        br#"{"annotations":{"lookout.id":"\u0130","io.kubernetes.pod.name":"p"}}"#,
+    ],
+};
+
+const HTTP_INPUTS: Target = Target {
+    name: "http_inputs",
+    run: harness::http_inputs,
+    seeds: seeds!("http_inputs":
+        "accept_encoding_prometheus",
+        "accept_encoding_weights",
+        "accept_prometheus",
+        "accept_text_first",
+        "query_both",
+        "query_collect",
+        "query_exclude",
+    ),
+    extra: &[
+        b"",
+        b",;,;=;q=",
+        b"gzip;q=NaN, *;q=-0, GZIP;q=1e-50",
+        b"application/openmetrics-text;version=;q=inf",
+        b"APPLICATION/OPENMETRICS-TEXT;Q=1",
+        b"collect[]=&exclude[]",
+        b"collect%5B%5D=cpu&collect[]=cpu&=&&",
+    ],
+};
+
+const CONFIG: Target = Target {
+    name: "config",
+    run: harness::config,
+    seeds: seeds!("config": "full.toml", "minimal.toml", "problems.toml"),
+    extra: &[
+        b"",
+        b"[tls]\ncert=''\nkey=''\nclient_ca=''\nnode_id='\xc4\xb0'\n",
+        b"[tls]\ncert=''\nkey=''\nclient_ca=''\n[collection]\ncache_ttl='18446744073709551616s'",
+        b"[tls]\ncert=''\nkey=''\nclient_ca=''\n[[discovery.cgroup_rules]]\nname=''\npattern='(?P<id>'",
+    ],
+};
+
+const NAMING: Target = Target {
+    name: "naming",
+    run: harness::naming,
+    seeds: seeds!("naming":
+        "already_a_label",
+        "docker_id",
+        "hostname_fqdn",
+        "mixed_case",
+        "only_separators",
+        "unicode",
+        "uuid_and_runtime_id",
+    ),
+    extra: &[
+        b"",
+        b"-",
+        b"\n",
+        b"A\na",
+        b"\xe2\x84\xaa",
+        b"\xc4\xb0\n\xc4\xb0",
+        b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nx",
+        b"a_______________________________________b_c",
+    ],
+};
+
+const TARGETS: [&Target; 6] = [
+    &PROCFS,
+    &CGROUPFS,
+    &RUNTIME_STATE,
+    &HTTP_INPUTS,
+    &CONFIG,
+    &NAMING,
+];
+
+/// Bytes worth inserting: the parsers' separators, boundary numbers, signs, escapes, and
+/// text that is whitespace to `str::trim` but not to `split_ascii_whitespace`.
+const TOKENS: &[&[u8]] = &[
+    b":",
+    b" ",
+    b"\n",
+    b"\t",
+    b"\r\n",
+    b"=",
+    b",",
+    b";",
+    b"&",
+    b"-",
+    b"-1",
+    b"0",
+    b"1",
+    b"7",
+    b"9",
+    b"1e308",
+    b"inf",
+    b"NaN",
+    b"max",
+    b"total=",
+    b"q=",
+    b" - ",
+    b"(",
+    b")",
+    b"\\",
+    b"\\040",
+    b"\\777",
+    b"\"",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\0",
+    b"\xff",
+    "é".as_bytes(),
+    "🦀".as_bytes(),
+    "\u{85}".as_bytes(),
+    "\u{2028}".as_bytes(),
+    "\u{3000}".as_bytes(),
+    "\u{feff}".as_bytes(),
+    "\u{130}".as_bytes(),
+];
+
+/// Numbers at the edges of `u32`, `u64` and the v1 "unlimited" sentinel, and past them.
+const HUGE_NUMBERS: &[&[u8]] = &[
+    b"4294967295",
+    b"4294967296",
+    b"4611686018427387904",
+    b"9223372036854771712",
+    b"18446744073709551615",
+    b"18446744073709551616",
+    b"99999999999999999999999999999999",
+];
+
+/// xorshift64: tiny, deterministic, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform-ish in `0..n`; `n` must not be zero.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A position in `0..=len` (an insertion point or a cut).
+    fn at(&mut self, len: usize) -> usize {
+        self.below(len + 1)
+    }
+}
+
+/// Applies one random mutation to `data`; `seeds` feed splices.
+fn mutate(rng: &mut Rng, data: &mut Vec<u8>, seeds: &[(&str, &[u8])]) {
+    match rng.below(9) {
+        // Flip one bit.
+        0 if !data.is_empty() => {
+            let i = rng.below(data.len());
+            data[i] ^= 1 << rng.below(8);
+        }
+        // Overwrite a byte with anything.
+        1 if !data.is_empty() => {
+            let i = rng.below(data.len());
+            data[i] = rng.next() as u8;
+        }
+        // Truncate.
+        2 => {
+            let n = rng.at(data.len());
+            data.truncate(n);
+        }
+        // Delete a range.
+        3 if !data.is_empty() => {
+            let a = rng.below(data.len());
+            let b = a + rng.at((data.len() - a).min(32));
+            data.drain(a..b);
+        }
+        // Duplicate a range somewhere else.
+        4 if !data.is_empty() => {
+            let a = rng.below(data.len());
+            let b = a + rng.at((data.len() - a).min(64));
+            let chunk = data[a..b].to_vec();
+            let at = rng.at(data.len());
+            data.splice(at..at, chunk);
+        }
+        // Splice in a piece of another seed of the same target.
+        5 => {
+            let (_, other) = seeds[rng.below(seeds.len())];
+            if !other.is_empty() {
+                let a = rng.below(other.len());
+                let b = a + rng.at((other.len() - a).min(128));
+                let at = rng.at(data.len());
+                data.splice(at..at, other[a..b].iter().copied());
+            }
+        }
+        // Replace the number at a random place with an extreme one.
+        6 if !data.is_empty() => {
+            let start = rng.below(data.len());
+            let end = start
+                + data[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+            let huge = HUGE_NUMBERS[rng.below(HUGE_NUMBERS.len())];
+            data.splice(start..end, huge.iter().copied());
+        }
+        // Insert a token or a huge number (twice as likely as the others: it makes the
+        // interesting inputs).
+        _ => {
+            let token = match rng.below(TOKENS.len() + HUGE_NUMBERS.len()) {
+                i if i < TOKENS.len() => TOKENS[i],
+                i => HUGE_NUMBERS[i - TOKENS.len()],
+            };
+            let at = rng.at(data.len());
+            data.splice(at..at, token.iter().copied());
+        }
+    }
+    data.truncate(MAX_LEN);
+}
+
+/// Nesting depths of the [`nested`] inputs: past serde_json's (128) and toml's recursion
+/// limits, up to what fits in libFuzzer's default 4096-byte inputs.
+const NESTING: [usize; 3] = [100, 1000, 4000];
+
+/// Deeply nested JSON, TOML and parentheses: a recursive parser without a depth limit would
+/// overflow the stack, an abort no `catch_unwind` can turn into a test failure message, so
+/// every target gets these (a crashed test binary still fails the run).
+fn nested() -> impl Iterator<Item = Vec<u8>> {
+    NESTING.into_iter().flat_map(|d| {
+        [
+            format!("{}{}", "[".repeat(d), "]".repeat(d)),
+            format!("{}1{}", r#"{"a":"#.repeat(d), "}".repeat(d)),
+            format!("a = {}{}", "[".repeat(d), "]".repeat(d)),
+            format!("a = {}1{}", "{b = ".repeat(d), "}".repeat(d)),
+            format!("{}x{}", "(".repeat(d), ")".repeat(d)),
+        ]
+        .map(String::into_bytes)
+    })
+}
+
+/// Every input of a target, in order: seeds, extras, [`nested`] inputs, then mutants of the
+/// seeds (round-robin, one to four stacked mutations each). The PRNG seed depends only on the
+/// target's name.
+fn inputs(target: &Target) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let seed = target.name.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = Rng(seed | 1);
+    let plain = target
+        .seeds
+        .iter()
+        .map(|(_, s)| s.to_vec())
+        .chain(target.extra.iter().map(|e| e.to_vec()))
+        .chain(nested());
+    let mutants = (0..MUTATIONS).map(move |i| {
+        let (_, base) = target.seeds[i % target.seeds.len()];
+        let mut data = base.to_vec();
+        for _ in 0..=rng.below(4) {
+            mutate(&mut rng, &mut data, target.seeds);
+        }
+        data
+    });
+    plain.chain(mutants)
+}
+
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs every input of `target` through its harness on a worker thread, and fails with the
+/// offending input (hex) on the first panic, or when the target overruns [`DEADLINE`].
+fn exercise(target: &'static Target) {
+    let current: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let worker = {
+        let current = Arc::clone(&current);
+        thread::Builder::new()
+            .name(format!("fuzz-shadow-{}", target.name))
+            .spawn(move || -> Result<usize, String> {
+                let mut count = 0;
+                for input in inputs(target) {
+                    input.clone_into(&mut current.lock().unwrap_or_else(PoisonError::into_inner));
+                    let outcome = panic::catch_unwind(AssertUnwindSafe(|| (target.run)(&input)));
+                    if let Err(payload) = outcome {
+                        return Err(format!(
+                            "{} panicked: {}\n  input ({} bytes, hex): {}\n  input (lossy): {:?}",
+                            target.name,
+                            panic_message(payload.as_ref()),
+                            input.len(),
+                            hex(&input),
+                            String::from_utf8_lossy(&input),
+                        ));
+                    }
+                    count += 1;
+                }
+                Ok(count)
+            })
+            .expect("spawn a worker thread")
+    };
+
+    let started = Instant::now();
+    while !worker.is_finished() {
+        if started.elapsed() > DEADLINE {
+            let stuck = current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            panic!(
+                "{} did not return within {DEADLINE:?} (hang?)\n  last input ({} bytes, hex): {}",
+                target.name,
+                stuck.len(),
+                hex(&stuck),
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    match worker.join() {
+        Ok(Ok(count)) => {
+            let expected = target.seeds.len() + target.extra.len() + nested().count() + MUTATIONS;
+            assert_eq!(count, expected, "{}: every input ran", target.name);
+        }
+        Ok(Err(failure)) => panic!("{failure}"),
+        Err(payload) => panic!("worker died: {}", panic_message(payload.as_ref())),
+    }
+}
+
+#[test]
+fn procfs_parsers_never_panic() {
+    exercise(&PROCFS);
+}
+
+#[test]
+fn cgroupfs_parsers_never_panic() {
+    exercise(&CGROUPFS);
+}
+
+#[test]
+fn runtime_state_parsers_never_panic() {
+    exercise(&RUNTIME_STATE);
+}
+
+#[test]
+fn http_input_parsers_never_panic() {
+    exercise(&HTTP_INPUTS);
+}
+
+#[test]
+fn config_parser_never_panics() {
+    exercise(&CONFIG);
+}
+
+#[test]
+fn instance_ids_are_always_dns_labels() {
+    exercise(&NAMING);
+}
+
+/// Regression for bug cpu-max-float, found by the `cgroupfs` fuzz target: `parse_cpu_max`
+/// parsed quota and period as `f64`, so inputs the kernel never writes gave a zero or infinite
+/// quota (`lookout_container_cpu_limit_cores 0` / `+Inf`). It now parses integers.
+#[test]
+fn cpu_max_quota_is_finite_and_positive() {
+    use lookout_agent::cgroup::v2::parse_cpu_max;
+    for input in [
+        "\n8\n2818806E1808\n",
+        "9223372036e854771712",
+        "8 1e309",
+        "1e309 1",
+        "inf 1",
+        "1 1e400",
+    ] {
+        if let Some(q) = parse_cpu_max(input) {
+            assert!(q > 0.0 && q.is_finite(), "cpu.max {input:?} gave {q} cores");
+        }
+    }
+}
+
+/// The seed lists above and `fuzz/seeds/` hold the same files, so a seed added for the fuzzer
+/// is not silently left out here (and a listed one cannot go missing).
+#[test]
+fn every_seed_file_is_embedded() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let mut on_disk = BTreeSet::new();
+    for dir in std::fs::read_dir(&root).expect("fuzz/seeds is readable") {
+        let dir = dir.expect("seed directory entry").path();
+        let target = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("UTF-8 target name")
+            .to_string();
+        for file in std::fs::read_dir(&dir).expect("seed directory is readable") {
+            let file = file.expect("seed file entry").file_name();
+            let file = file.to_str().expect("UTF-8 seed name").to_string();
+            on_disk.insert(format!("{target}/{file}"));
+        }
+    }
+    let embedded: BTreeSet<String> = TARGETS
+        .iter()
+        .flat_map(|t| t.seeds.iter().map(|(f, _)| format!("{}/{f}", t.name)))
+        .collect();
+    assert_eq!(embedded, on_disk, "seed lists out of sync with fuzz/seeds/");
+}
+
+/// The seeds are real samples that the parsers accept, so mutants start deep in the happy
+/// path instead of at the first error branch.
+#[test]
+fn seeds_are_accepted_by_their_parsers() {
+    use lookout_agent::cgroup::{v1, v2};
+    use lookout_agent::config::AgentConfig;
+    use lookout_agent::source::{crun, runc};
+    use lookout_agent::{host, kernel_file, mountinfo, netdev, pressure, process};
+
+    let seed = |t: &Target, name: &str| -> String {
+        let (_, bytes) = t
+            .seeds
+            .iter()
+            .find(|(f, _)| *f == name)
+            .expect("seed is listed");
+        String::from_utf8(bytes.to_vec()).expect("seed is UTF-8")
+    };
+    let p = |n| seed(&PROCFS, n);
+    let c = |n| seed(&CGROUPFS, n);
+    let r = |n| seed(&RUNTIME_STATE, n);
+
+    for n in ["proc_pid_stat", "proc_pid_stat_hostile_comm"] {
+        assert!(process::parse_stat(&p(n)).is_some(), "{n}");
+    }
+    for n in ["proc_pid_cgroup_hybrid", "proc_pid_cgroup_unified"] {
+        assert!(process::parse_cgroup(&p(n)).is_some(), "{n}");
+    }
+    assert!(netdev::parse(&p("proc_net_dev")).is_ok_and(|d| !d.is_empty()));
+    for n in ["proc_pid_mountinfo", "proc_pid_mountinfo_container"] {
+        assert!(mountinfo::parse(&p(n)).is_ok_and(|m| !m.is_empty()), "{n}");
+    }
+    assert!(host::parse_meminfo(&p("proc_meminfo"))
+        .iter()
+        .any(|(k, _)| k == "MemTotal"));
+
+    for n in [
+        "v2_cpu.pressure",
+        "v2_cpu.pressure_no_full",
+        "proc_pressure_io",
+    ] {
+        assert!(pressure::parse(&c(n)).is_ok(), "{n}");
+    }
+    assert!(v2::parse_io_stat(&c("v2_io.stat")).is_ok_and(|d| d.len() == 3));
+    assert!(v1::parse_blkio(&c("v1_blkio.throttle.io_service_bytes_recursive")).is_ok());
+    assert_eq!(v2::parse_cpu_max(&c("v2_cpu.max")), Some(1.5));
+    assert_eq!(v2::parse_cpu_max(&c("v2_cpu.max_unlimited")), None);
+    assert_eq!(
+        kernel_file::cpu_list_count(&c("cpuset.cpus.effective")),
+        Some(7)
+    );
+    assert_eq!(v2::parse_dev(c("dev").trim()), Some((8, 0)));
+    assert_eq!(
+        kernel_file::parse_limit(c("v2_memory.max").trim()),
+        Some(None)
+    );
+    for n in [
+        "v2_cpu.stat",
+        "v2_memory.stat",
+        "v1_memory.stat",
+        "v1_cpuacct.stat",
+    ] {
+        assert!(kernel_file::flat_keyed(&c(n)).count() > 1, "{n}");
+    }
+
+    for n in ["runc_state.json", "runc_state_v1.json"] {
+        assert!(runc::parse(r(n).as_bytes()).is_ok(), "{n}");
+    }
+    assert!(crun::parse(r("crun_status").as_bytes()).is_ok());
+    let bundle: crun::BundleConfig =
+        serde_json::from_str(&r("oci_config.json")).expect("OCI config seed parses");
+    assert!(!bundle.annotations.is_empty());
+
+    for n in ["full.toml", "minimal.toml", "problems.toml"] {
+        AgentConfig::parse(&seed(&CONFIG, n)).expect("config seed parses");
+    }
+}
