@@ -442,7 +442,17 @@ fn meminfo(e: &mut Exposition, m: &Memory, host: &Host, _snap: &Snapshot) {
     }
 }
 
+fn fs_labels(f: &crate::filesystem::Filesystem) -> [(&'static str, &str); 3] {
+    let m = &f.mount;
+    [
+        ("device", m.device.as_str()),
+        ("fstype", m.fstype.as_str()),
+        ("mountpoint", m.mountpoint.as_str()),
+    ]
+}
+
 fn filesystems(e: &mut Exposition, fss: &[crate::filesystem::Filesystem]) {
+    let labels = fs_labels;
     type Get = fn(&crate::filesystem::Usage) -> u64;
     let sized: [(&str, &str, Get); 5] = [
         (
@@ -471,49 +481,32 @@ fn filesystems(e: &mut Exposition, fss: &[crate::filesystem::Filesystem]) {
             |u| u.files_free,
         ),
     ];
-    let labels = |f: &crate::filesystem::Filesystem| {
-        [
-            ("device", f.mount.device.clone()),
-            ("fstype", f.mount.fstype.clone()),
-            ("mountpoint", f.mount.mountpoint.clone()),
-        ]
-    };
-    let as_refs = |l: &[(&'static str, String); 3]| -> [(&'static str, String); 3] { l.clone() };
     for (name, help, get) in sized {
         let mut fam = e.family(name, Kind::Gauge, help);
         for f in fss {
             if let Ok(u) = &f.usage {
-                let l = as_refs(&labels(f));
-                fam.sample(
-                    &[(l[0].0, &l[0].1), (l[1].0, &l[1].1), (l[2].0, &l[2].1)],
-                    get(u) as f64,
-                );
+                fam.sample(&labels(f), get(u) as f64);
             }
         }
     }
-    let mut fam = e.family(
-        "node_filesystem_readonly",
-        Kind::Gauge,
-        "Filesystem read-only status.",
-    );
-    for f in fss {
-        let l = labels(f);
-        fam.sample(
-            &[(l[0].0, &l[0].1), (l[1].0, &l[1].1), (l[2].0, &l[2].1)],
-            if f.mount.readonly { 1.0 } else { 0.0 },
-        );
-    }
-    let mut fam = e.family(
-        "node_filesystem_device_error",
-        Kind::Gauge,
-        "Whether an error occurred while getting statistics for the given device.",
-    );
-    for f in fss {
-        let l = labels(f);
-        fam.sample(
-            &[(l[0].0, &l[0].1), (l[1].0, &l[1].1), (l[2].0, &l[2].1)],
-            if f.usage.is_err() { 1.0 } else { 0.0 },
-        );
+    type Flag = fn(&crate::filesystem::Filesystem) -> bool;
+    let flags: [(&str, &str, Flag); 2] = [
+        (
+            "node_filesystem_readonly",
+            "Filesystem read-only status.",
+            |f| f.mount.readonly,
+        ),
+        (
+            "node_filesystem_device_error",
+            "Whether an error occurred while getting statistics for the given device.",
+            |f| f.usage.is_err(),
+        ),
+    ];
+    for (name, help, flag) in flags {
+        let mut fam = e.family(name, Kind::Gauge, help);
+        for f in fss {
+            fam.sample(&labels(f), if flag(f) { 1.0 } else { 0.0 });
+        }
     }
 }
 
