@@ -231,6 +231,29 @@ pub struct Pressure {
     pub irq: Option<crate::pressure::Stall>,
 }
 
+/// What changes rarely: effective limits (each an ancestor walk) and which optional files
+/// exist. Read once per [`LIMITS_TTL`] per container instead of on every scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// CPU quota and cpuset.
+    pub cpu: CpuLimit,
+    /// v2: smallest `memory.max` over ancestors (v1 reads `hierarchical_memory_limit` from
+    /// `memory.stat` on every scrape at no extra cost).
+    pub memory: Option<u64>,
+    /// v2: smallest `memory.swap.max` over ancestors.
+    pub swap: Option<u64>,
+    /// Smallest `pids.max` over ancestors.
+    pub pids: Option<u64>,
+    /// v1: swap accounting is on (`memory.memsw.*` exists).
+    pub memsw: bool,
+    /// `irq.pressure` exists (newer kernels with PSI for IRQs).
+    pub irq_pressure: bool,
+}
+
+/// How long [`Limits`] (and a container's mount list) are reused: a changed limit or a new
+/// mount shows within this time.
+pub const LIMITS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything read from a container's cgroups. Each part is a `Result` of its own so a failing
 /// file drops only its metrics.
 #[derive(Debug)]
@@ -263,38 +286,48 @@ pub(crate) fn timed<T>(
     r
 }
 
-/// Reads every stat of one container's cgroups. `root` bounds ancestor walks.
-pub fn read(paths: &CgroupPaths, layout: Layout, root: &Path) -> CgroupStats {
+/// Reads the slowly changing part of one container's cgroups. `root` bounds ancestor walks.
+pub fn read_limits(paths: &CgroupPaths, layout: Layout, root: &Path) -> Limits {
+    let mut limits = match layout {
+        Layout::Unified => paths
+            .unified
+            .as_deref()
+            .map(|dir| v2::read_limits(dir, root))
+            .unwrap_or_default(),
+        Layout::Hybrid | Layout::Legacy => v1::read_limits(paths, root),
+    };
+    limits.irq_pressure = paths
+        .unified
+        .as_deref()
+        .is_some_and(|d| d.join("irq.pressure").exists());
+    limits
+}
+
+/// Reads every per-scrape stat of one container's cgroups, with `limits` from
+/// [`read_limits`].
+pub fn read(paths: &CgroupPaths, layout: Layout, root: &Path, limits: &Limits) -> CgroupStats {
     match layout {
-        Layout::Unified => v2::read(paths.unified.as_deref(), root),
-        Layout::Hybrid | Layout::Legacy => {
-            let psi_root = layout.unified_root(root);
-            v1::read(
-                paths,
-                root,
-                paths.unified.as_deref().zip(psi_root.as_deref()),
-            )
-        }
+        Layout::Unified => v2::read(paths.unified.as_deref(), root, limits),
+        Layout::Hybrid | Layout::Legacy => v1::read(paths, root, limits),
     }
 }
 
-/// Reads PSI files of a v2 directory. A missing `irq.pressure` is normal (older kernels).
-pub fn read_pressure(dir: &Path) -> Result<Pressure, KernelFileError> {
-    let one = |name: &str| -> Result<Option<crate::pressure::Stall>, KernelFileError> {
+/// Reads PSI files of a v2 directory (`irq.pressure` only where it exists).
+pub fn read_pressure(dir: &Path, irq: bool) -> Result<Pressure, KernelFileError> {
+    let one = |name: &str| -> Result<crate::pressure::Stall, KernelFileError> {
         let path = dir.join(name);
-        match crate::kernel_file::read(&path) {
-            Ok(text) => crate::pressure::parse(&text)
-                .map(Some)
-                .map_err(|e| KernelFileError::parse(&path, e)),
-            Err(e) if e.is_gone() && dir.exists() => Ok(None),
-            Err(e) => Err(e),
-        }
+        let text = crate::kernel_file::read(&path)?;
+        crate::pressure::parse(&text).map_err(|e| KernelFileError::parse(&path, e))
     };
     Ok(Pressure {
-        cpu: one("cpu.pressure")?,
-        memory: one("memory.pressure")?,
-        io: one("io.pressure")?,
-        irq: one("irq.pressure")?,
+        cpu: Some(one("cpu.pressure")?),
+        memory: Some(one("memory.pressure")?),
+        io: Some(one("io.pressure")?),
+        irq: if irq {
+            Some(one("irq.pressure")?)
+        } else {
+            None
+        },
     })
 }
 

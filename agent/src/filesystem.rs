@@ -8,7 +8,7 @@
 //! (node_exporter's stuck-mount rule).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,34 @@ const IGNORED_FSTYPES: &[&str] = &[
     "sysfs",
     "tracefs",
 ];
+
+/// Filesystems whose `statfs` asks a server or a user-space daemon, and so can block for as
+/// long as that peer is gone.
+pub fn can_hang(fstype: &str) -> bool {
+    fstype.starts_with("fuse")
+        || fstype.starts_with("nfs")
+        || matches!(
+            fstype,
+            "cifs"
+                | "smb3"
+                | "smbfs"
+                | "ncpfs"
+                | "ceph"
+                | "glusterfs"
+                | "9p"
+                | "afs"
+                | "lustre"
+                | "gpfs"
+                | "beegfs"
+                | "davfs"
+                | "orangefs"
+                | "virtiofs"
+                | "vboxsf"
+                | "cvmfs"
+                | "ocfs2"
+                | "gfs2"
+        )
+}
 
 /// Mount points never reported (node_exporter's defaults).
 fn ignored_mountpoint(mp: &str) -> bool {
@@ -98,17 +126,26 @@ impl Statfs {
     }
 
     /// Stats every wanted mount of a process whose root is `root` (`/proc/<pid>/root`).
-    pub async fn stat_all(&self, root: PathBuf, mounts: Vec<Mount>) -> Vec<Filesystem> {
+    /// Local filesystems are stat'ed inline (their statfs answers from memory); network and
+    /// FUSE filesystems, whose servers can stop answering, under the deadline.
+    pub async fn stat_all(&self, root: &Path, mounts: &[Mount]) -> Vec<Filesystem> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        for mount in mounts.into_iter().filter(wanted) {
+        for mount in mounts.iter().filter(|m| wanted(m)) {
             // A mount point mounted over is reported once, as node_exporter does.
-            if !seen.insert(mount.mountpoint.clone()) {
+            if !seen.insert(mount.mountpoint.as_str()) {
                 continue;
             }
             let path = root.join(mount.mountpoint.trim_start_matches('/'));
-            let usage = self.stat(path).await;
-            out.push(Filesystem { mount, usage });
+            let usage = if can_hang(&mount.fstype) {
+                self.stat(path).await
+            } else {
+                statfs(&path)
+            };
+            out.push(Filesystem {
+                mount: mount.clone(),
+                usage,
+            });
         }
         out
     }

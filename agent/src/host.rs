@@ -1,7 +1,9 @@
 //! Facts about the host that every container view needs: roots, cgroup layout, clock ticks,
 //! boot time, CPU count, memory and swap totals, kernel identity.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::cgroup::Layout;
 use crate::config::Roots;
@@ -31,6 +33,8 @@ pub struct Host {
     pub swap_total: u64,
     /// Kernel identity for `node_uname_info` (all but `nodename`).
     pub uname: Uname,
+    /// Block device names by `MAJ:MIN`, read from sysfs once each.
+    devices: Arc<Mutex<HashMap<(u32, u32), String>>>,
 }
 
 /// `uname(2)` fields.
@@ -82,6 +86,7 @@ impl Host {
                 machine: s(u.machine()),
                 domainname: s(u.domainname()),
             },
+            devices: Arc::default(),
         })
     }
 
@@ -100,15 +105,21 @@ impl Host {
     /// Block device name for `MAJ:MIN` from `/sys/dev/block/MAJ:MIN/uevent` (`DEVNAME=`), or
     /// `MAJ:MIN` itself when sysfs does not say.
     pub fn block_device_name(&self, major: u32, minor: u32) -> String {
+        let mut names = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = names.get(&(major, minor)) {
+            return name.clone();
+        }
         let path = self.sys.join(format!("dev/block/{major}:{minor}/uevent"));
-        kernel_file::read(&path)
+        let name = kernel_file::read(&path)
             .ok()
             .and_then(|t| {
                 t.lines()
                     .find_map(|l| l.strip_prefix("DEVNAME="))
                     .map(str::to_string)
             })
-            .unwrap_or_else(|| format!("{major}:{minor}"))
+            .unwrap_or_else(|| format!("{major}:{minor}"));
+        names.insert((major, minor), name.clone());
+        name
     }
 }
 

@@ -89,7 +89,7 @@ fn visit(
         path.pop();
         path.pop();
     }
-    if depth < MAX_DEPTH {
+    if depth < MAX_DEPTH && crate::cgroup::v2::has_subdirs(dir) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -27,6 +27,8 @@ pub struct Tracked {
     pub view: Mutex<ViewState>,
     /// The cached snapshot; the async lock makes concurrent scrapes share one collection.
     pub cache: tokio::sync::Mutex<Option<Cached>>,
+    /// Slowly changing readings, refreshed by collections (under `cache`'s lock).
+    pub slow: Mutex<Option<Slow>>,
 }
 
 /// Per-container state that only moves forward.
@@ -40,6 +42,17 @@ pub struct ViewState {
     pub sampled: bool,
     /// Last synthesised idle seconds per virtual CPU (kept monotonic).
     pub idle_seconds: f64,
+}
+
+/// What a collection reuses for [`crate::cgroup::LIMITS_TTL`]: limits and the mount list.
+#[derive(Debug, Clone)]
+pub struct Slow {
+    /// When it was read.
+    pub at: std::time::Instant,
+    /// Effective limits and optional-file presence.
+    pub limits: crate::cgroup::Limits,
+    /// The container's mounts, or why they could not be read.
+    pub mounts: Result<std::sync::Arc<Vec<crate::mountinfo::Mount>>, String>,
 }
 
 /// One consistent view of the node's containers, keyed by instance id.
@@ -153,6 +166,7 @@ impl Registry {
                         container: c,
                         view: Mutex::default(),
                         cache: tokio::sync::Mutex::new(None),
+                        slow: Mutex::new(None),
                     }),
                 };
                 next.containers

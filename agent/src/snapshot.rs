@@ -3,6 +3,7 @@
 //! carries its own success, so a failing file costs only its collector's metrics.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::cgroup::{self, CgroupStats};
@@ -12,7 +13,7 @@ use crate::kernel_file::{self, KernelFileError};
 use crate::loadavg::TaskStates;
 use crate::mountinfo;
 use crate::netdev::{self, NetDev};
-use crate::registry::Tracked;
+use crate::registry::{Slow, Tracked};
 
 /// Readings of one container.
 #[derive(Debug)]
@@ -40,6 +41,11 @@ pub struct Snapshot {
 
 /// Reads a container. Returns `Err(Gone)` when the container's init process is no longer the
 /// one the registry knows (exited, or its pid reused).
+///
+/// The reads run inline on the calling task: they are small procfs and cgroupfs files that do
+/// not block on I/O, and the node-wide collection budget keeps at most `max_concurrent`
+/// runtime threads in them. Only `statfs` of network and FUSE filesystems, which can hang,
+/// goes to a blocking thread under a deadline.
 pub async fn collect(
     host: &Host,
     statfs: &Statfs,
@@ -50,34 +56,22 @@ pub async fn collect(
     if crate::source::live_start(host, c.pid, Some(c.start_ticks)).is_none() {
         return Err(KernelFileError::Gone(pid_dir));
     }
+    let slow = slow_facts(host, t, &pid_dir);
+    let cgroup = cgroup::read(&c.cgroups, host.layout, &host.cgroup, &slow.limits);
     let mut durations = Vec::with_capacity(8);
-    let paths = c.cgroups.clone();
-    let (layout, root) = (host.layout, host.cgroup.clone());
-    let pid_dir2 = pid_dir.clone();
-    let (cgroup, net, mounts) = tokio::task::spawn_blocking(move || {
-        let stats = cgroup::read(&paths, layout, &root);
-        let t_net = Instant::now();
-        let net = read_netdev(&pid_dir2);
-        let net_secs = t_net.elapsed().as_secs_f64();
-        let mounts = kernel_file::read(&pid_dir2.join("mountinfo")).and_then(|text| {
-            mountinfo::parse(&text)
-                .map_err(|e| KernelFileError::parse(&pid_dir2.join("mountinfo"), e))
-        });
-        (stats, (net, net_secs), mounts)
-    })
-    .await
-    .map_err(|e| KernelFileError::Io {
-        path: pid_dir.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    let (net, net_secs) = net;
     durations.extend(cgroup.timings.iter().copied());
-    durations.push(("netdev", net_secs));
 
     let start = Instant::now();
-    let filesystems = match mounts {
-        Ok(m) => Ok(statfs.stat_all(pid_dir.join("root"), m).await),
-        Err(e) => Err(e),
+    let net = read_netdev(&pid_dir);
+    durations.push(("netdev", start.elapsed().as_secs_f64()));
+
+    let start = Instant::now();
+    let filesystems = match &slow.mounts {
+        Ok(m) => Ok(statfs.stat_all(&pid_dir.join("root"), m).await),
+        Err(e) => Err(KernelFileError::parse(
+            &pid_dir.join("mountinfo"),
+            e.clone(),
+        )),
     };
     durations.push(("filesystem", start.elapsed().as_secs_f64()));
 
@@ -104,6 +98,30 @@ pub async fn collect(
         load,
         durations,
     })
+}
+
+/// The container's limits and mounts, re-read once per [`cgroup::LIMITS_TTL`].
+fn slow_facts(host: &Host, t: &Tracked, pid_dir: &Path) -> Slow {
+    let mut slot = t.slow.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = slot
+        .as_ref()
+        .filter(|s| s.at.elapsed() < cgroup::LIMITS_TTL)
+    {
+        return s.clone();
+    }
+    let limits = cgroup::read_limits(&t.container.cgroups, host.layout, &host.cgroup);
+    let path = pid_dir.join("mountinfo");
+    let mounts = kernel_file::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| mountinfo::parse(&text))
+        .map(Arc::new);
+    let s = Slow {
+        at: Instant::now(),
+        limits,
+        mounts,
+    };
+    *slot = Some(s.clone());
+    s
 }
 
 fn read_netdev(pid_dir: &Path) -> Result<Vec<NetDev>, KernelFileError> {

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    ancestors, timed, CgroupPaths, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Memory, MemoryStat,
-    Pids,
+    ancestors, timed, CgroupPaths, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Limits, Memory,
+    MemoryStat, Pids,
 };
 use crate::kernel_file::{self, flat_keyed, KernelFileError};
 
@@ -32,61 +32,75 @@ const MEMORY_STAT_MAP: &[(&str, &str)] = &[
 /// USER_HZ: the unit of `cpuacct.stat`, fixed at 100 by the kernel ABI.
 const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 
-/// Reads a v1 container. `psi` is `(v2 dir, v2 root)` on hybrid hosts.
-pub fn read(paths: &CgroupPaths, root: &Path, psi: Option<(&Path, &Path)>) -> CgroupStats {
-    let ctrl = |name: &str| -> Result<&Path, KernelFileError> {
-        paths
-            .v1
-            .get(name)
-            .map(PathBuf::as_path)
-            .ok_or_else(|| KernelFileError::Gone(root.join(name)))
-    };
+fn controller<'a>(
+    paths: &'a CgroupPaths,
+    root: &Path,
+    name: &str,
+) -> Result<&'a Path, KernelFileError> {
+    paths
+        .v1
+        .get(name)
+        .map(PathBuf::as_path)
+        .ok_or_else(|| KernelFileError::Gone(root.join(name)))
+}
+
+/// Effective limits of a v1 container (the memory limit needs none: `memory.stat` carries
+/// `hierarchical_memory_limit`).
+pub fn read_limits(paths: &CgroupPaths, root: &Path) -> Limits {
+    let ctrl = |name| controller(paths, root, name).ok();
+    Limits {
+        cpu: cpu_limit(ctrl("cpu"), ctrl("cpuset"), root),
+        memory: None,
+        swap: None,
+        pids: ctrl("pids").and_then(|dir| {
+            let mount = hierarchy_root(dir, root);
+            ancestors(dir, &mount)
+                .filter_map(|d| kernel_file::read_limit(&d.join("pids.max")).ok().flatten())
+                .min()
+        }),
+        memsw: ctrl("memory").is_some_and(|d| d.join("memory.memsw.usage_in_bytes").exists()),
+        irq_pressure: false,
+    }
+}
+
+/// Reads a v1 container; PSI from the hybrid layout's v2 directory when there is one.
+pub fn read(paths: &CgroupPaths, root: &Path, limits: &Limits) -> CgroupStats {
+    let ctrl = |name| controller(paths, root, name);
     let mut t = Vec::with_capacity(5);
     CgroupStats {
         cpu: timed(&mut t, "cpu", || {
             ctrl("cpuacct").and_then(|acct| cpu(acct, ctrl("cpu").ok()))
         }),
-        cpu_limit: timed(&mut t, "cpu", || {
-            cpu_limit(ctrl("cpu").ok(), ctrl("cpuset").ok(), root)
+        cpu_limit: limits.cpu,
+        memory: timed(&mut t, "meminfo", || {
+            ctrl("memory").and_then(|d| memory(d, limits.memsw))
         }),
-        memory: timed(&mut t, "meminfo", || ctrl("memory").and_then(memory)),
         io: timed(&mut t, "diskstats", || ctrl("blkio").and_then(io)),
         pids: timed(&mut t, "processes", || {
-            ctrl("pids").and_then(|d| pids(d, root))
+            ctrl("pids").and_then(|d| pids(d, limits))
         }),
-        pressure: timed(&mut t, "pressure", || match psi {
-            Some((dir, _)) => super::read_pressure(dir).map(Some),
+        pressure: timed(&mut t, "pressure", || match paths.unified.as_deref() {
+            Some(dir) => super::read_pressure(dir, limits.irq_pressure).map(Some),
             None => Ok(None),
         }),
         timings: t,
     }
 }
 
-/// `cpuacct.usage{,_user,_sys}` (ns) or `cpuacct.stat` (ticks), and `cpu.stat` throttling.
+/// `cpuacct.usage` (ns) and `cpuacct.stat` user/system (USER_HZ ticks: two reads instead of
+/// the three of `cpuacct.usage_{user,sys}`), and `cpu.stat` throttling.
 pub fn cpu(acct: &Path, cpu: Option<&Path>) -> Result<CpuUsage, KernelFileError> {
     let total_ns = kernel_file::read_u64(&acct.join("cpuacct.usage"))?;
-    let (user_ns, system_ns) = match (
-        kernel_file::read_u64(&acct.join("cpuacct.usage_user")),
-        kernel_file::read_u64(&acct.join("cpuacct.usage_sys")),
-    ) {
-        (Ok(u), Ok(s)) => (u, s),
-        _ => {
-            let path = acct.join("cpuacct.stat");
-            let text = kernel_file::read(&path)?;
-            let get = |key| flat_keyed(&text).find(|(k, _)| *k == key).map(|(_, v)| v);
-            match (get("user"), get("system")) {
-                (Some(u), Some(s)) => (
-                    u.saturating_mul(NS_PER_USER_HZ_TICK),
-                    s.saturating_mul(NS_PER_USER_HZ_TICK),
-                ),
-                _ => return Err(KernelFileError::parse(&path, "no user/system")),
-            }
-        }
+    let path = acct.join("cpuacct.stat");
+    let text = kernel_file::read(&path)?;
+    let get = |key| flat_keyed(&text).find(|(k, _)| *k == key).map(|(_, v)| v);
+    let (Some(user), Some(system)) = (get("user"), get("system")) else {
+        return Err(KernelFileError::parse(&path, "no user/system"));
     };
     let mut usage = CpuUsage {
         total_ns,
-        user_ns,
-        system_ns,
+        user_ns: user.saturating_mul(NS_PER_USER_HZ_TICK),
+        system_ns: system.saturating_mul(NS_PER_USER_HZ_TICK),
         ..CpuUsage::default()
     };
     if let Some(text) = cpu.and_then(|d| kernel_file::read(&d.join("cpu.stat")).ok()) {
@@ -142,8 +156,9 @@ fn hierarchy_root(dir: &Path, root: &Path) -> PathBuf {
     }
 }
 
-/// Memory: usage, the hierarchical (effective) limit, RAM+swap, OOM kills, breakdown.
-pub fn memory(dir: &Path) -> Result<Memory, KernelFileError> {
+/// Memory: usage, the hierarchical (effective) limit, RAM+swap (when swap accounting is on),
+/// OOM kills, breakdown.
+pub fn memory(dir: &Path, memsw: bool) -> Result<Memory, KernelFileError> {
     let usage = kernel_file::read_u64(&dir.join("memory.usage_in_bytes"))?;
     let stat_path = dir.join("memory.stat");
     let text = kernel_file::read(&stat_path)?;
@@ -164,11 +179,11 @@ pub fn memory(dir: &Path) -> Result<Memory, KernelFileError> {
     if stat.is_empty() {
         return Err(KernelFileError::parse(&stat_path, "no total_* keys"));
     }
-    let leaf_limit = kernel_file::read_limit(&dir.join("memory.limit_in_bytes"))
-        .ok()
+    // `hierarchical_memory_limit` is the smallest limit of the cgroup and its ancestors.
+    let limit = hier_limit;
+    let memsw = memsw
+        .then(|| kernel_file::read_u64(&dir.join("memory.memsw.usage_in_bytes")).ok())
         .flatten();
-    let limit = [leaf_limit, hier_limit].into_iter().flatten().min();
-    let memsw = kernel_file::read_u64(&dir.join("memory.memsw.usage_in_bytes")).ok();
     let oom_kills = kernel_file::read(&dir.join("memory.oom_control"))
         .ok()
         .and_then(|t| {
@@ -247,9 +262,9 @@ pub fn parse_blkio(text: &str) -> Result<Vec<BlkioLine<'_>>, String> {
     Ok(out)
 }
 
-/// `pids.current`, processes, and the smallest `pids.max` in the pids hierarchy.
-pub fn pids(dir: &Path, root: &Path) -> Result<Pids, KernelFileError> {
-    super::v2::pids(dir, &hierarchy_root(dir, root))
+/// `pids.current`, processes, and the effective `pids.max` from `limits`.
+pub fn pids(dir: &Path, limits: &Limits) -> Result<Pids, KernelFileError> {
+    super::v2::pids(dir, limits)
 }
 
 #[cfg(test)]

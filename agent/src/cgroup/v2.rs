@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{
-    ancestors, timed, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Memory, MemoryStat, Pids,
+    ancestors, timed, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Limits, Memory, MemoryStat, Pids,
 };
 use crate::kernel_file::{self, flat_keyed, KernelFileError};
 
@@ -37,9 +37,25 @@ pub const MEMORY_STAT_KEYS: &[&str] = &[
     "pswpout",
 ];
 
-/// Reads one container's v2 cgroup directory; `root` is the v2 mount (bounds ancestor
-/// walks for effective limits).
-pub fn read(dir: Option<&Path>, root: &Path) -> CgroupStats {
+/// Effective limits of a v2 directory; `root` is the v2 mount (bounds ancestor walks).
+pub fn read_limits(dir: &Path, root: &Path) -> Limits {
+    let min_over = |file: &str| {
+        ancestors(dir, root)
+            .filter_map(|d| kernel_file::read_limit(&d.join(file)).ok().flatten())
+            .min()
+    };
+    Limits {
+        cpu: cpu_limit(dir, root),
+        memory: min_over("memory.max"),
+        swap: min_over("memory.swap.max"),
+        pids: min_over("pids.max"),
+        memsw: false,
+        irq_pressure: false,
+    }
+}
+
+/// Reads one container's v2 cgroup directory.
+pub fn read(dir: Option<&Path>, root: &Path, limits: &Limits) -> CgroupStats {
     let Some(dir) = dir else {
         let gone = || KernelFileError::Gone(root.to_path_buf());
         return CgroupStats {
@@ -55,11 +71,13 @@ pub fn read(dir: Option<&Path>, root: &Path) -> CgroupStats {
     let mut t = Vec::with_capacity(5);
     CgroupStats {
         cpu: timed(&mut t, "cpu", || cpu(dir)),
-        cpu_limit: timed(&mut t, "cpu", || cpu_limit(dir, root)),
-        memory: timed(&mut t, "meminfo", || memory(dir, root)),
+        cpu_limit: limits.cpu,
+        memory: timed(&mut t, "meminfo", || memory(dir, limits)),
         io: timed(&mut t, "diskstats", || io(dir)),
-        pids: timed(&mut t, "processes", || pids(dir, root)),
-        pressure: timed(&mut t, "pressure", || super::read_pressure(dir).map(Some)),
+        pids: timed(&mut t, "processes", || pids(dir, limits)),
+        pressure: timed(&mut t, "pressure", || {
+            super::read_pressure(dir, limits.irq_pressure).map(Some)
+        }),
         timings: t,
     }
 }
@@ -118,14 +136,9 @@ pub fn parse_cpu_max(text: &str) -> Option<f64> {
     (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
 }
 
-/// Memory usage, effective limits, events and breakdown.
-pub fn memory(dir: &Path, root: &Path) -> Result<Memory, KernelFileError> {
+/// Memory usage, events and breakdown, with the effective limits from `limits`.
+pub fn memory(dir: &Path, limits: &Limits) -> Result<Memory, KernelFileError> {
     let usage = kernel_file::read_u64(&dir.join("memory.current"))?;
-    let min_over = |file: &str| {
-        ancestors(dir, root)
-            .filter_map(|d| kernel_file::read_limit(&d.join(file)).ok().flatten())
-            .min()
-    };
     let stat_path = dir.join("memory.stat");
     let stat_text = kernel_file::read(&stat_path)?;
     let mut stat = MemoryStat::new();
@@ -145,9 +158,9 @@ pub fn memory(dir: &Path, root: &Path) -> Result<Memory, KernelFileError> {
     };
     Ok(Memory {
         usage,
-        limit: min_over("memory.max"),
+        limit: limits.memory,
         swap_usage: kernel_file::read_u64(&dir.join("memory.swap.current")).ok(),
-        swap_limit: min_over("memory.swap.max"),
+        swap_limit: limits.swap,
         oom_kills: event("oom_kill"),
         limit_hits: event("max"),
         stat,
@@ -198,14 +211,19 @@ pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
 }
 
 /// `pids.current` and `pids.max`.
-pub fn pids(dir: &Path, root: &Path) -> Result<Pids, KernelFileError> {
+pub fn pids(dir: &Path, limits: &Limits) -> Result<Pids, KernelFileError> {
     Ok(Pids {
         current: kernel_file::read_u64(&dir.join("pids.current"))?,
         processes: count_procs(dir, 0),
-        max: ancestors(dir, root)
-            .filter_map(|d| kernel_file::read_limit(&d.join("pids.max")).ok().flatten())
-            .min(),
+        max: limits.pids,
     })
+}
+
+/// True if a cgroup has sub-cgroups: a directory's link count is 2 plus its subdirectories,
+/// which cgroupfs keeps exact — one `stat` instead of listing the directory.
+pub(crate) fn has_subdirs(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.nlink() > 2)
 }
 
 /// `cgroup.procs` lines of `dir` and its sub-cgroups (a guest with its own init keeps its
@@ -214,7 +232,7 @@ pub(crate) fn count_procs(dir: &Path, depth: usize) -> u64 {
     let own = kernel_file::read(&dir.join("cgroup.procs"))
         .map(|t| t.lines().filter(|l| !l.is_empty()).count() as u64)
         .unwrap_or(0);
-    if depth >= 3 {
+    if depth >= 3 || !has_subdirs(dir) {
         return own;
     }
     let children = std::fs::read_dir(dir)
