@@ -49,29 +49,30 @@ impl KernelFileError {
 
 /// Reads a whole small file as text. `ENOENT`/`ESRCH` become [`KernelFileError::Gone`].
 ///
-/// One `open` and as few `read`s as the content needs: no `stat` for a size hint (kernel
-/// files report size 0 or 4096 anyway), which is a quarter of the syscalls of
+/// One `open` and, for a file that fits the buffer, one `read`: no `stat` for a size hint
+/// (kernel files report size 0 or 4096 anyway), and no second `read` to see end of file.
+/// procfs and cgroupfs files are `seq_file`s, which fill a read until the caller's buffer is
+/// full or the content ends — so a short read is the end. This halves the syscalls of
 /// `fs::read_to_string` on the agent's hottest path.
 pub fn read(path: &Path) -> Result<String, KernelFileError> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
-    let mut buf = Vec::with_capacity(4096);
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
     loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity());
-        }
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
         match file.read(&mut buf[len..]) {
-            Ok(0) => {
-                buf.truncate(len);
-                break;
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    break;
+                }
+                buf.resize(buf.len() * 2, 0);
             }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_error(path, e)),
         }
     }
+    buf.truncate(len);
     String::from_utf8(buf).map_err(|_| KernelFileError::parse(path, "not UTF-8"))
 }
 
@@ -180,6 +181,21 @@ mod tests {
     fn flat_keyed_skips_odd_lines() {
         let v: Vec<_> = flat_keyed("usage_usec 10\nbogus\nnew_key x\nuser_usec 7\n").collect();
         assert_eq!(v, vec![("usage_usec", 10), ("user_usec", 7)]);
+    }
+
+    #[test]
+    fn files_larger_than_the_first_buffer_are_read_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big");
+        let text: String = (0..3000).map(|i| format!("line{i} {i}\n")).collect();
+        std::fs::write(&path, &text).expect("write");
+        assert_eq!(read(&path).expect("read"), text);
+        let exact = dir.path().join("exact");
+        std::fs::write(&exact, "x".repeat(4096)).expect("write");
+        assert_eq!(read(&exact).expect("read").len(), 4096);
+        // A procfs seq_file over one page, read in one piece.
+        let mounts = read(Path::new("/proc/self/mountinfo")).expect("mountinfo");
+        assert!(crate::mountinfo::parse(&mounts).is_ok());
     }
 
     #[test]

@@ -197,7 +197,9 @@ pub fn memory(dir: &Path, memsw: bool) -> Result<Memory, KernelFileError> {
         swap_usage: memsw.map(|m| m.saturating_sub(usage)),
         swap_limit: memsw.and(hier_memsw),
         oom_kills,
-        limit_hits: kernel_file::read_u64(&dir.join("memory.failcnt")).ok(),
+        // `memory.failcnt` would cost one more read per scrape for a counter nobody alerts on;
+        // v2 gets it free from `memory.events`.
+        limit_hits: None,
         stat,
     })
 }
