@@ -44,6 +44,7 @@ pub struct Collector {
     ttl: Duration,
     budget: Arc<Semaphore>,
     telemetry: Arc<Telemetry>,
+    limits_ttl: Duration,
 }
 
 impl Collector {
@@ -61,7 +62,15 @@ impl Collector {
             ttl,
             budget: Arc::new(Semaphore::new(max_concurrent.max(1))),
             telemetry,
+            limits_ttl: crate::cgroup::DEFAULT_LIMITS_TTL,
         }
+    }
+
+    /// How long limits and mount lists are reused (default
+    /// [`crate::cgroup::DEFAULT_LIMITS_TTL`]).
+    pub fn with_limits_ttl(mut self, ttl: Duration) -> Self {
+        self.limits_ttl = ttl;
+        self
     }
 
     /// The host the collector reads.
@@ -92,7 +101,7 @@ impl Collector {
                 .await
                 .map_err(|e| CollectError::Failed(e.to_string()))?;
             let start = Instant::now();
-            let result = snapshot::collect(&self.host, &self.statfs, t).await;
+            let result = snapshot::collect(&self.host, &self.statfs, t, self.limits_ttl).await;
             self.telemetry
                 .collection_seconds
                 .observe(start.elapsed().as_secs_f64());

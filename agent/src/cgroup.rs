@@ -232,7 +232,7 @@ pub struct Pressure {
 }
 
 /// What changes rarely: effective limits (each an ancestor walk) and which optional files
-/// exist. Read once per [`LIMITS_TTL`] per container instead of on every scrape.
+/// exist. Read once per `collection.limits_ttl` per container instead of on every scrape.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
     /// CPU quota and cpuset.
@@ -250,9 +250,10 @@ pub struct Limits {
     pub irq_pressure: bool,
 }
 
-/// How long [`Limits`] (and a container's mount list) are reused: a changed limit or a new
-/// mount shows within this time.
-pub const LIMITS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Default for how long [`Limits`] (and a container's mount list) are reused: a changed
+/// limit or a new mount shows within this time. Longer than common scrape intervals, or the
+/// reuse would never happen.
+pub const DEFAULT_LIMITS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Everything read from a container's cgroups. Each part is a `Result` of its own so a failing
 /// file drops only its metrics.

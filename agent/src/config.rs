@@ -152,6 +152,10 @@ pub struct CollectionConfig {
     /// Most open client connections. Default 256.
     #[serde(default = "default_conns")]
     pub max_connections: usize,
+    /// How long a container's limits (with their ancestor walks) and mount list are reused;
+    /// a changed limit or a new mount shows within this time. Default 60 s.
+    #[serde(default = "default_limits_ttl", with = "humantime_serde")]
+    pub limits_ttl: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -214,6 +218,9 @@ fn default_load() -> Duration {
 fn default_conns() -> usize {
     256
 }
+fn default_limits_ttl() -> Duration {
+    crate::cgroup::DEFAULT_LIMITS_TTL
+}
 
 impl Default for Roots {
     fn default() -> Self {
@@ -259,6 +266,7 @@ impl Default for CollectionConfig {
             statfs_timeout: default_statfs(),
             load_interval: default_load(),
             max_connections: default_conns(),
+            limits_ttl: default_limits_ttl(),
         }
     }
 }

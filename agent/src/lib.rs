@@ -109,7 +109,8 @@ impl Agent {
             c.cache_ttl,
             c.max_concurrent,
             Arc::clone(&telemetry),
-        );
+        )
+        .with_limits_ttl(c.limits_ttl);
         let tls = Arc::new(tls::Reloading::new(config.tls.clone())?);
         let listener =
             TcpListener::bind(config.listen)

@@ -44,7 +44,7 @@ pub struct ViewState {
     pub idle_seconds: f64,
 }
 
-/// What a collection reuses for [`crate::cgroup::LIMITS_TTL`]: limits and the mount list.
+/// What collections reuse for `collection.limits_ttl`: limits and the mount list.
 #[derive(Debug, Clone)]
 pub struct Slow {
     /// When it was read.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cgroup::{self, CgroupStats};
 use crate::filesystem::{Filesystem, Statfs};
@@ -50,13 +50,14 @@ pub async fn collect(
     host: &Host,
     statfs: &Statfs,
     t: &Tracked,
+    limits_ttl: Duration,
 ) -> Result<Snapshot, KernelFileError> {
     let c = &t.container;
     let pid_dir = host.pid_dir(c.pid);
     if crate::source::live_start(host, c.pid, Some(c.start_ticks)).is_none() {
         return Err(KernelFileError::Gone(pid_dir));
     }
-    let slow = slow_facts(host, t, &pid_dir);
+    let slow = slow_facts(host, t, &pid_dir, limits_ttl);
     let cgroup = cgroup::read(&c.cgroups, host.layout, &host.cgroup, &slow.limits);
     let mut durations = Vec::with_capacity(8);
     durations.extend(cgroup.timings.iter().copied());
@@ -100,13 +101,10 @@ pub async fn collect(
     })
 }
 
-/// The container's limits and mounts, re-read once per [`cgroup::LIMITS_TTL`].
-fn slow_facts(host: &Host, t: &Tracked, pid_dir: &Path) -> Slow {
+/// The container's limits and mounts, re-read once per `ttl`.
+fn slow_facts(host: &Host, t: &Tracked, pid_dir: &Path, ttl: Duration) -> Slow {
     let mut slot = t.slow.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = slot
-        .as_ref()
-        .filter(|s| s.at.elapsed() < cgroup::LIMITS_TTL)
-    {
+    if let Some(s) = slot.as_ref().filter(|s| s.at.elapsed() < ttl) {
         return s.clone();
     }
     let limits = cgroup::read_limits(&t.container.cgroups, host.layout, &host.cgroup);

@@ -649,3 +649,32 @@ async fn a_hung_filesystem_costs_its_metrics_not_the_scrape() {
     drop(c);
     drop(hung);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_quota_shows_within_limits_ttl() {
+    let runc = Runc::new();
+    let c = runc.run(ContainerSpec::new("resized").cpu_quota(50_000, 100_000));
+    let pki = Pki::new();
+    let cfg = agent::agent_config(
+        &pki,
+        runc.state_root(),
+        "[collection]\ncache_ttl = \"0s\"\nlimits_ttl = \"1s\"\n",
+    );
+    let agent = Agent::start(cfg).await.expect("agent starts");
+    let addr = agent.local_addr();
+    let client = pki.proxy_client();
+    let cores = |c: std::sync::Arc<rustls::ClientConfig>| async move {
+        let r = get(&c, addr, "/v1/instances/resized/metrics", &[])
+            .await
+            .expect("scrape");
+        metric(&r.body, "lookout_container_cpu_limit_cores", &[])
+    };
+    assert_eq!(cores(client.clone()).await, Some(0.5));
+    std::fs::write(c.cgroup_dir("cpu").join("cpu.cfs_quota_us"), "150000").expect("raise quota");
+    wait_for("the new quota", Duration::from_secs(5), || {
+        let cl = client.clone();
+        async move { cores(cl).await == Some(1.5) }
+    })
+    .await;
+    agent.shutdown().await;
+}
