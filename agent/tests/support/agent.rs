@@ -129,7 +129,8 @@ impl Pki {
 }
 
 /// An agent configuration for tests: loopback, port 0, the test's runc root only, no
-/// cgroup rules, short intervals.
+/// cgroup rules. The periodic rescan is an hour away, so containers that come and go in a
+/// test are noticed through inotify (or a scrape that finds them gone), never by polling.
 pub fn agent_config(pki: &Pki, runc_root: &Path, extra: &str) -> AgentConfig {
     let text = format!(
         r#"node_id = "test-node"
@@ -143,7 +144,7 @@ reload_interval = "200ms"
 runc_roots = ["{root}"]
 crun_roots = []
 default_cgroup_rules = false
-rescan_interval = "2s"
+rescan_interval = "1h"
 {extra}
 "#,
         cert = pki.path("agent.pem").display(),
