@@ -1116,12 +1116,9 @@ async fn systemd_nspawn_found_by_the_default_cgroup_rule() {
 /// `payload/init.scope`, its services in `payload/system.slice/…`, and `payload` holds no
 /// process of its own but accounts them all. The container is `payload`.
 ///
-/// FAILS (agent bug, reported): `RuleSource::discovered` (agent/src/source/rules.rs) takes
-/// the first pid found below the matched `payload` (`first_pid` descends into sub-cgroups)
-/// and then the cgroup from *that pid's* `/proc/<pid>/cgroup` (`cgroups_of`), so the agent
-/// reads `payload/init.scope` or `payload/system.slice/nginx.service` (whichever
-/// `read_dir` lists first) instead of `payload`: memory, CPU, IO, PIDs and PSI of one
-/// sub-cgroup are shown as the whole machine's.
+/// Regression: the agent once took the first pid found below `payload` and then that pid's
+/// own cgroup, so one service's memory, CPU, IO, PIDs and PSI were shown as the whole
+/// machine's. Rule-found containers are now read at the matched cgroup.
 #[tokio::test]
 async fn systemd_nspawn_booted_guest_is_read_at_its_payload_cgroup() {
     let fx = Fixture::new();
@@ -1323,13 +1320,10 @@ fn stale_runtime_state_is_not_a_container() {
     assert_eq!(agent.ids(), BTreeSet::new());
 }
 
-/// The v2 rows of reference §12 that have a source but no series in the view.
+/// Every v2 row of reference §12 that has a source has a series in the view.
 ///
-/// FAILS (agent gaps, reported): `render::meminfo` (agent/src/render.rs, the `rows` table)
-/// writes no `node_memory_Percpu_bytes` (memory.stat `percpu`) nor
-/// `node_memory_VmallocUsed_bytes` (`vmalloc`), although `cgroup::v2::MEMORY_STAT_KEYS`
-/// already reads both; and the `processes` collector writes no `node_processes_pids`
-/// (the `cgroup.procs` count).
+/// Regression: `node_memory_Percpu_bytes`, `node_memory_VmallocUsed_bytes` and
+/// `node_processes_pids` were once missing although their sources were read.
 #[tokio::test]
 async fn node_view_covers_every_v2_row_of_the_reference_mapping() {
     let fx = Fixture::new();
