@@ -130,7 +130,7 @@ pub fn container(
     if sel.has("meminfo") {
         outcome.push(("meminfo", cg.memory.is_ok()));
         if let Ok(m) = &cg.memory {
-            meminfo(&mut e, m, host, snap);
+            meminfo(&mut e, m, host);
         }
     }
     if sel.has("loadavg") {
@@ -387,7 +387,7 @@ pub fn container(
 }
 
 /// `node_memory_*` as LXCFS computes `/proc/meminfo` for a container.
-fn meminfo(e: &mut Exposition, m: &Memory, host: &Host, _snap: &Snapshot) {
+fn meminfo(e: &mut Exposition, m: &Memory, host: &Host) {
     let s = |k: &str| m.stat.get(k).copied().unwrap_or(0);
     let total = m.limit.map_or(host.mem_total, |l| l.min(host.mem_total));
     let free = total.saturating_sub(m.usage);
