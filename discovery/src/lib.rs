@@ -1,11 +1,14 @@
 //! The model every lookout component shares: what an instance (a container seen as a node)
-//! and a node are, and how instances are named so that `https://<id>.<suffix>/metrics` routes.
-//!
-//! Inventory sources (agents, etcd, file) and SD encoders arrive with the proxy issue; this
-//! crate holds only what the agent already publishes.
+//! and a node are, how instances are named so that `https://<id>.<suffix>/metrics` routes,
+//! the proxy's inventory, the sources that fill it, and the service-discovery encoders.
 
+pub mod agents;
+pub mod file;
+pub mod inventory;
 pub mod model;
 pub mod naming;
+pub mod sd;
 
+pub use inventory::{Inventory, Node, Shared, SourceStatus};
 pub use model::{Instance, InstanceEvent};
 pub use naming::{instance_id_for, is_dns_label};

@@ -1,0 +1,329 @@
+//! Configuration of the `agents` source: which agents to watch (a static list and/or DNS),
+//! the proxy's client TLS identity, and the timeouts and backoff that bound every attempt.
+//!
+//! ```toml
+//! agents = ["node1.example.net:9164", "10.0.0.7:9164"]
+//! connect_timeout = "5s"        # default 5s: TCP connect, TLS handshake, response headers
+//! idle_timeout = "45s"          # default 45s: nothing (not even a heartbeat) → peer is dead
+//! backoff = { min = "500ms", max = "30s" }   # reconnect backoff, exponential with jitter
+//!
+//! [dns]                         # optional; agents found here are added to `agents`
+//! name = "_lookout._tcp.example.net"
+//! kind = "srv"                  # "srv" (target + port, default) or "a" (A/AAAA + `port`)
+//! port = 9164                   # for kind = "a" only
+//! refresh = "30s"               # default 30s; sooner when the records' TTL is shorter
+//!
+//! [tls]
+//! cert = "/etc/lookout/proxy.pem"      # the proxy's client certificate (operator CA)
+//! key = "/etc/lookout/proxy-key.pem"
+//! ca = "/etc/lookout/ca.pem"           # the operator CA agents' certificates chain to
+//! # server_name = "agent.lookout"      # default: the host part of each agent address
+//! ```
+//!
+//! Durations are written as a number and a unit: `ms`, `s`, `m` or `h` (`"1.5s"` works).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Default for [`AgentsConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`AgentsConfig::idle_timeout`]: three missed 15 s heartbeats.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// Default for [`BackoffConfig::min`].
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Default for [`BackoffConfig::max`].
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Default for [`DnsConfig::refresh`].
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Configuration of the `agents` discovery source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// Agents listed statically, `host:port` (IPv6 as `[addr]:port`). Default: none.
+    #[serde(default)]
+    pub agents: Vec<AgentAddr>,
+    /// Agents found by DNS, re-resolved periodically. Default: none.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+    /// The proxy's client identity and the CA agents are verified against.
+    pub tls: ClientTlsConfig,
+    /// Bound on each of TCP connect, TLS handshake and waiting for the response headers.
+    /// Default 5 s.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// A stream on which nothing arrives (not even a heartbeat) for this long is treated as
+    /// broken and reconnected. Default 45 s (agents send a heartbeat every 15 s).
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+}
+
+/// The proxy's client TLS material (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// Client certificate chain, issued by the operator CA.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The operator CA: agents' server certificates must chain to it.
+    pub ca: PathBuf,
+    /// Name to verify every agent certificate against. Default: the host part of each
+    /// agent's address (a DNS name or an IP address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// Exponential reconnect backoff, with jitter, between `min` and `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay after a failure. Default 500 ms.
+    #[serde(default = "default_backoff_min", deserialize_with = "duration")]
+    pub min: Duration,
+    /// Largest delay. Default 30 s.
+    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            min: DEFAULT_BACKOFF_MIN,
+            max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+/// Agents found through DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name to resolve, e.g. `_lookout._tcp.example.net` (SRV) or `agents.example.net` (A).
+    pub name: String,
+    /// Which records. Default `srv`.
+    #[serde(default)]
+    pub kind: DnsKind,
+    /// Agent port for `kind = "a"` (required there; SRV records carry their own).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// How often to re-resolve; sooner when the records' TTL is shorter. Default 30 s.
+    #[serde(default = "default_dns_refresh", deserialize_with = "duration")]
+    pub refresh: Duration,
+}
+
+/// Which DNS records list the agents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsKind {
+    /// SRV records: one agent per target host and port.
+    #[default]
+    Srv,
+    /// A and AAAA records: one agent per address, at [`DnsConfig::port`].
+    A,
+}
+
+impl AgentsConfig {
+    /// Parses a TOML document holding only this configuration.
+    pub fn parse(text: &str) -> Result<AgentsConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// What is wrong with a parsed configuration (empty when it is usable).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.agents.is_empty() && self.dns.is_none() {
+            p.push("no agents: list some in `agents` or configure `dns`".to_string());
+        }
+        if let Some(dns) = &self.dns {
+            if dns.name.trim().is_empty() {
+                p.push("dns.name is empty".to_string());
+            }
+            if dns.kind == DnsKind::A && dns.port.is_none_or(|p| p == 0) {
+                p.push("dns.kind = \"a\" needs a non-zero dns.port".to_string());
+            }
+            if dns.refresh.is_zero() {
+                p.push("dns.refresh must be positive".to_string());
+            }
+        }
+        if let Some(name) = &self.tls.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                p.push(format!(
+                    "tls.server_name {name:?} is not a DNS name or IP address"
+                ));
+            }
+        }
+        for (what, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("backoff.min", self.backoff.min),
+        ] {
+            if d.is_zero() {
+                p.push(format!("{what} must be positive"));
+            }
+        }
+        if self.backoff.min > self.backoff.max {
+            p.push("backoff.min is larger than backoff.max".to_string());
+        }
+        p
+    }
+}
+
+/// An agent's address: `host:port`, where host is a DNS name or an IP address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AgentAddr {
+    /// DNS name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl AgentAddr {
+    /// An address from its parts.
+    pub fn new(host: impl Into<String>, port: u16) -> AgentAddr {
+        AgentAddr {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for AgentAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl From<std::net::SocketAddr> for AgentAddr {
+    fn from(a: std::net::SocketAddr) -> Self {
+        AgentAddr::new(a.ip().to_string(), a.port())
+    }
+}
+
+impl FromStr for AgentAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| format!("agent address {s:?}: {why} (want host:port)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let host = match host.strip_prefix('[') {
+            Some(h) => h.strip_suffix(']').ok_or_else(|| bad("unclosed '['"))?,
+            None if host.contains(':') => return Err(bad("IPv6 addresses need [brackets]")),
+            None => host,
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(bad("bad host"));
+        }
+        let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+        if port == 0 {
+            return Err(bad("port 0"));
+        }
+        Ok(AgentAddr::new(host, port))
+    }
+}
+
+impl<'de> Deserialize<'de> for AgentAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+fn default_idle_timeout() -> Duration {
+    DEFAULT_IDLE_TIMEOUT
+}
+fn default_backoff_min() -> Duration {
+    DEFAULT_BACKOFF_MIN
+}
+fn default_backoff_max() -> Duration {
+    DEFAULT_BACKOFF_MAX
+}
+fn default_dns_refresh() -> Duration {
+    DEFAULT_DNS_REFRESH
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Parses `"250ms"`, `"5s"`, `"1.5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration {s:?} has no unit (ms, s, m, h)"))?;
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?}: bad number"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("duration {s:?}: unknown unit {u:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TLS: &str = "[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"ca\"\n";
+
+    #[test]
+    fn defaults_and_full_form() {
+        let c = AgentsConfig::parse(&format!("agents = [\"a:1\", \"[::1]:9164\"]\n{TLS}"))
+            .expect("parses");
+        assert_eq!(
+            c.agents,
+            [AgentAddr::new("a", 1), AgentAddr::new("::1", 9164)]
+        );
+        assert_eq!(c.agents[1].to_string(), "[::1]:9164");
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.backoff, BackoffConfig::default());
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+
+        let c = AgentsConfig::parse(&format!(
+            "connect_timeout = \"250ms\"\nbackoff = {{ min = \"1s\", max = \"1.5m\" }}\n\
+             [dns]\nname = \"agents.example\"\nkind = \"a\"\nport = 9164\nrefresh = \"10s\"\n{TLS}"
+        ))
+        .expect("parses");
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.backoff.max, Duration::from_secs(90));
+        let dns = c.dns.as_ref().expect("dns");
+        assert_eq!((dns.kind, dns.port), (DnsKind::A, Some(9164)));
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(AgentsConfig::parse(&format!("agent = []\n{TLS}")).is_err());
+        assert!(AgentsConfig::parse(&format!("agents = [\"nohost\"]\n{TLS}")).is_err());
+        assert!(AgentsConfig::parse(&format!("agents = [\"::1:80\"]\n{TLS}")).is_err());
+        assert!(AgentsConfig::parse(&format!("agents = [\"h:0\"]\n{TLS}")).is_err());
+        assert!(AgentsConfig::parse(&format!("connect_timeout = \"5\"\n{TLS}")).is_err());
+        let c = AgentsConfig::parse(&format!("[dns]\nname = \"x\"\nkind = \"a\"\n{TLS}"))
+            .expect("parses");
+        assert_eq!(c.problems().len(), 1, "{:?}", c.problems());
+        let c = AgentsConfig::parse(TLS).expect("parses");
+        assert_eq!(c.problems().len(), 1, "{:?}", c.problems());
+    }
+}

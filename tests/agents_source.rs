@@ -1,0 +1,472 @@
+//! The `agents` discovery source against real agents watching real runc containers: two
+//! agents in this process (different node ids, one operator CA), the proxy-side watcher
+//! merging their watch streams, an agent killed and replaced on the same port, DNS-driven
+//! membership (through the static resolver: tests have no DNS server), and a proxy
+//! certificate from a foreign CA refused.
+//!
+//! Needs root, `runc` and `busybox-static` (the container harness panics naming what is
+//! missing).
+
+#[path = "../agent/tests/support/containers.rs"]
+mod containers;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lookout_agent::config::AgentConfig;
+use lookout_agent::Agent;
+use lookout_discovery::agents::{AgentAddr, AgentsConfig, StaticResolver, StatusHandle, Watcher};
+use lookout_discovery::{Inventory, Shared};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+};
+use tempfile::TempDir;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use containers::{ContainerSpec, Runc};
+
+/// How soon a change on an agent must show in the proxy's inventory.
+const PROPAGATION: Duration = Duration::from_secs(2);
+/// Bound for slower steps: first connections, an agent's shutdown noticed, a reconnect.
+const SLOW: Duration = Duration::from_secs(15);
+
+/// Operator CA, agent server certificate, proxy client certificate, and a foreign CA's
+/// client certificate — copied in small from `agent/tests/support/agent.rs`.
+struct Pki {
+    dir: TempDir,
+}
+
+fn ca(cn: &str) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().expect("key generation");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let cert = p.self_signed(&key).expect("self-sign CA");
+    (cert, key)
+}
+
+fn issue(ca: &rcgen::Certificate, ca_key: &KeyPair, cn: &str, server: bool) -> (String, String) {
+    let key = KeyPair::generate().expect("key generation");
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    let cert = p.signed_by(&key, ca, ca_key).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::Builder::new()
+            .prefix("lookout-agents-pki-")
+            .tempdir()
+            .expect("tempdir");
+        let (ca_cert, ca_key) = ca("lookout operator CA");
+        let (foreign_ca, foreign_key) = ca("someone else's CA");
+        let w = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write pem")
+        };
+        w("ca.pem", &ca_cert.pem());
+        for (name, ca, key, server) in [
+            ("agent", &ca_cert, &ca_key, true),
+            ("proxy", &ca_cert, &ca_key, false),
+            ("foreign", &foreign_ca, &foreign_key, false),
+        ] {
+            let (cert, k) = issue(ca, key, name, server);
+            w(&format!("{name}.pem"), &cert);
+            w(&format!("{name}-key.pem"), &k);
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// An agent on `listen` with node id `node`, watching only `runc_root`; the periodic rescan
+/// is an hour away, so changes are seen through inotify.
+async fn start_agent(pki: &Pki, node: &str, runc_root: &Path, listen: &str) -> Agent {
+    let text = format!(
+        r#"node_id = "{node}"
+listen = "{listen}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+client_ca = "{ca}"
+reload_interval = "200ms"
+[discovery]
+runc_roots = ["{root}"]
+crun_roots = []
+default_cgroup_rules = false
+rescan_interval = "1h"
+"#,
+        cert = pki.path("agent.pem"),
+        key = pki.path("agent-key.pem"),
+        ca = pki.path("ca.pem"),
+        root = runc_root.display(),
+    );
+    let cfg = AgentConfig::parse(&text).expect("agent test config parses");
+    let problems = cfg.problems();
+    assert!(
+        problems.is_empty(),
+        "agent test config problems: {problems:?}"
+    );
+    Agent::start(cfg).await.expect("agent starts")
+}
+
+/// The watcher's configuration: fast backoff so a restarted agent is found quickly.
+fn watcher_config(pki: &Pki, identity: &str, agents: &[String], dns: &str) -> AgentsConfig {
+    let list = agents
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        r#"agents = [{list}]
+connect_timeout = "2s"
+backoff = {{ min = "100ms", max = "500ms" }}
+{dns}
+[tls]
+cert = "{cert}"
+key = "{key}"
+ca = "{ca}"
+"#,
+        cert = pki.path(&format!("{identity}.pem")),
+        key = pki.path(&format!("{identity}-key.pem")),
+        ca = pki.path("ca.pem"),
+    );
+    AgentsConfig::parse(&text).expect("watcher test config parses")
+}
+
+/// A running watcher and what the test observes it through.
+struct Running {
+    shared: Arc<Shared>,
+    status: StatusHandle,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(watcher: Watcher) -> Running {
+        let shared = Shared::new();
+        let status = watcher.status();
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(watcher.run(Arc::clone(&shared), rx));
+        Running {
+            shared,
+            status,
+            stop,
+            task,
+        }
+    }
+
+    /// Polls the inventory until `ok` holds; panics with `what` and the inventory after
+    /// `within`. Returns how long it took.
+    async fn wait(
+        &self,
+        within: Duration,
+        what: &str,
+        ok: impl Fn(&Inventory) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let inv = self.shared.load();
+            if ok(&inv) {
+                return start.elapsed();
+            }
+            if start.elapsed() > within {
+                panic!(
+                    "within {within:?}: {what}\ninventory: {:?}\nagents: {:?}\nsource: {:?}",
+                    runtime_ids(&inv),
+                    self.status.agents(),
+                    self.shared.status()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("watcher stops within 5 s of shutdown")
+            .expect("watcher task did not panic");
+    }
+}
+
+/// `(runtime_id, node)` of every instance, sorted.
+fn runtime_ids(inv: &Inventory) -> Vec<(String, String)> {
+    let mut v: Vec<_> = inv
+        .instances
+        .values()
+        .map(|i| (i.runtime_id.clone(), i.node.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Exactly these `(runtime_id, node)` pairs.
+fn holds(inv: &Inventory, want: &[(&str, &str)]) -> bool {
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(r, n)| (r.to_string(), n.to_string()))
+        .collect();
+    want.sort();
+    runtime_ids(inv) == want
+}
+
+fn spec(id: &str) -> ContainerSpec {
+    ContainerSpec::new(id).annotation("lookout.tenant", "acme")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn merges_two_agents_keeps_a_dead_one_and_converges_after_restart() {
+    let pki = Pki::new();
+    let runc1 = Runc::new();
+    let runc2 = Runc::new();
+    let a1 = runc1.run(spec("agt-a1"));
+    let b1 = runc2.run(spec("agt-b1"));
+    let _b2 = runc2.run(spec("agt-b2"));
+
+    let agent1 = start_agent(&pki, "node-a", runc1.state_root(), "127.0.0.1:0").await;
+    let agent2 = start_agent(&pki, "node-b", runc2.state_root(), "127.0.0.1:0").await;
+    let addr1 = AgentAddr::from(agent1.local_addr()).to_string();
+    let addr2 = AgentAddr::from(agent2.local_addr()).to_string();
+    let port2 = agent2.local_addr().port();
+
+    let cfg = watcher_config(&pki, "proxy", &[addr1.clone(), addr2.clone()], "");
+    let w = Running::start(Watcher::new(cfg).expect("watcher builds"));
+
+    // Both agents' containers, each under its own node.
+    w.wait(SLOW, "both agents' containers", |inv| {
+        holds(
+            inv,
+            &[
+                ("agt-a1", "node-a"),
+                ("agt-b1", "node-b"),
+                ("agt-b2", "node-b"),
+            ],
+        )
+    })
+    .await;
+    let inv = w.shared.load();
+    assert_eq!(inv.nodes["node-a"].agent, addr1);
+    assert_eq!(inv.nodes["node-b"].agent, addr2);
+    assert_eq!(inv.owned_by("acme").count(), 3, "tenant label carried");
+    assert!(w.status.all_connected(), "{:?}", w.status.agents());
+    assert_eq!(w.shared.status().last_error, None);
+
+    // A container started on agent 1 appears within 2 s; one removed disappears.
+    let a2 = runc1.run(spec("agt-a2"));
+    w.wait(
+        PROPAGATION,
+        "a new container on agent 1 appears within 2 s",
+        |inv| runtime_ids(inv).contains(&("agt-a2".into(), "node-a".into())),
+    )
+    .await;
+    a1.remove();
+    w.wait(
+        PROPAGATION,
+        "a removed container disappears within 2 s",
+        |inv| {
+            holds(
+                inv,
+                &[
+                    ("agt-a2", "node-a"),
+                    ("agt-b1", "node-b"),
+                    ("agt-b2", "node-b"),
+                ],
+            )
+        },
+    )
+    .await;
+
+    // Agent 2 dies: its instances are kept, the failure is reported.
+    agent2.shutdown().await;
+    let deadline = Instant::now() + SLOW;
+    let down = loop {
+        let s = w.status.agent(&addr2).expect("agent 2 is watched");
+        if !s.connected && s.last_error.is_some() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent 2's shutdown not noticed within {SLOW:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(down.node.as_deref(), Some("node-b"));
+    assert_eq!(down.instances, 2, "agent 2's instances kept: {down:?}");
+    assert!(
+        holds(
+            &w.shared.load(),
+            &[
+                ("agt-a2", "node-a"),
+                ("agt-b1", "node-b"),
+                ("agt-b2", "node-b")
+            ],
+        ),
+        "a dead agent's instances must be kept: {:?}",
+        runtime_ids(&w.shared.load())
+    );
+    let source_error = w.shared.status().last_error.unwrap_or_default();
+    assert!(
+        source_error.contains(&format!("agent {addr2}")),
+        "source error names agent 2: {source_error:?}"
+    );
+    assert!(
+        w.shared.ready(),
+        "a failing agent does not make the source unready"
+    );
+
+    // While it is down its node changes: one container gone, one new.
+    b1.remove();
+    let _b3 = runc2.run(spec("agt-b3"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        runtime_ids(&w.shared.load()).contains(&("agt-b1".into(), "node-b".into())),
+        "nothing changes while agent 2 is unreachable"
+    );
+
+    // A new agent 2 on the same port: its snapshot replaces the slice.
+    let agent2 = start_agent(
+        &pki,
+        "node-b",
+        runc2.state_root(),
+        &format!("127.0.0.1:{port2}"),
+    )
+    .await;
+    w.wait(SLOW, "agent 2's new set replaces the old one", |inv| {
+        holds(
+            inv,
+            &[
+                ("agt-a2", "node-a"),
+                ("agt-b2", "node-b"),
+                ("agt-b3", "node-b"),
+            ],
+        )
+    })
+    .await;
+    let up = w.status.agent(&addr2).expect("agent 2 is watched");
+    assert!(up.connected, "{up:?}");
+    assert_eq!(w.shared.status().last_error, None, "recovered");
+
+    // Changes flow on the new stream too.
+    a2.remove();
+    w.wait(PROPAGATION, "changes flow after the reconnect", |inv| {
+        holds(inv, &[("agt-b2", "node-b"), ("agt-b3", "node-b")])
+    })
+    .await;
+
+    w.stop().await;
+    agent1.shutdown().await;
+    agent2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dns_membership_adds_and_drops_agents() {
+    let pki = Pki::new();
+    let runc1 = Runc::new();
+    let runc2 = Runc::new();
+    let _c1 = runc1.run(spec("dns-a1"));
+    let _c2 = runc2.run(spec("dns-b1"));
+    let agent1 = start_agent(&pki, "dns-node-a", runc1.state_root(), "127.0.0.1:0").await;
+    let agent2 = start_agent(&pki, "dns-node-b", runc2.state_root(), "127.0.0.1:0").await;
+    let addr1 = AgentAddr::from(agent1.local_addr());
+    let addr2 = AgentAddr::from(agent2.local_addr());
+
+    // The static resolver stands in for hickory: no DNS server exists in tests.
+    let resolver = Arc::new(StaticResolver::new([addr1.clone()]));
+    let cfg = watcher_config(
+        &pki,
+        "proxy",
+        &[],
+        "[dns]\nname = \"_lookout._tcp.test\"\nrefresh = \"100ms\"",
+    );
+    let w = Running::start(Watcher::with_resolver(cfg, resolver.clone()).expect("watcher builds"));
+    w.wait(SLOW, "the agent DNS lists", |inv| {
+        holds(inv, &[("dns-a1", "dns-node-a")])
+    })
+    .await;
+
+    resolver.set([addr1.clone(), addr2.clone()]);
+    w.wait(SLOW, "an agent added to DNS is watched", |inv| {
+        holds(inv, &[("dns-a1", "dns-node-a"), ("dns-b1", "dns-node-b")])
+    })
+    .await;
+
+    // A failing resolution keeps the agents.
+    resolver.fail("SERVFAIL");
+    let deadline = Instant::now() + SLOW;
+    while w.status.dns_error().is_none() {
+        assert!(Instant::now() < deadline, "DNS failure not reported");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        w.shared.load().instances.len(),
+        2,
+        "DNS failure keeps agents"
+    );
+
+    // An agent dropped from DNS goes away with its instances and node.
+    resolver.set([addr2.clone()]);
+    w.wait(SLOW, "an agent removed from DNS is dropped", |inv| {
+        holds(inv, &[("dns-b1", "dns-node-b")]) && !inv.nodes.contains_key("dns-node-a")
+    })
+    .await;
+    assert!(w.status.agent(&addr1.to_string()).is_none());
+    assert_eq!(w.status.dns_error(), None);
+
+    w.stop().await;
+    agent1.shutdown().await;
+    agent2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_foreign_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let runc = Runc::new();
+    let _c = runc.run(spec("foreign-c1"));
+    let agent = start_agent(&pki, "node-f", runc.state_root(), "127.0.0.1:0").await;
+    let addr = AgentAddr::from(agent.local_addr()).to_string();
+
+    let cfg = watcher_config(&pki, "foreign", std::slice::from_ref(&addr), "");
+    let w = Running::start(Watcher::new(cfg).expect("watcher builds"));
+    let deadline = Instant::now() + SLOW;
+    let status = loop {
+        let s = w.status.agent(&addr).expect("agent is watched");
+        if s.last_error.is_some() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal within {SLOW:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(!status.connected, "{status:?}");
+    // Let it retry a few times: it must never get in.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        w.shared.load().instances.is_empty(),
+        "refused, nothing learned"
+    );
+    assert!(!w.shared.ready(), "nothing published");
+    let err = w.shared.status().last_error.unwrap_or_default();
+    assert!(
+        err.contains(&format!("agent {addr}")),
+        "source error: {err:?}"
+    );
+
+    w.stop().await;
+    agent.shutdown().await;
+}
