@@ -1,5 +1,5 @@
 //! `lookout`: one binary, thin — argument parsing and wiring only. The logic lives in the
-//! `lookout-agent` (and later `lookout-proxy`) libraries.
+//! `lookout-agent` and `lookout-proxy` libraries (`lookout certs` uses the proxy's `pki`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,54 @@ enum Command {
         #[arg(long, default_value = "./lookout-dev")]
         dir: PathBuf,
     },
+    /// Create a CA, issue certificates, print key fingerprints.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a CA (ECDSA P-256): DIR/ca.pem and DIR/ca-key.pem (0600).
+    Ca {
+        /// Directory to write into (created if missing; existing files are never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// The CA's subject CN.
+        #[arg(long, default_value = "lookout CA")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+    },
+    /// Issue a certificate signed by the CA in --ca: DIR/<kind>-<name>.pem and -key.pem.
+    Issue {
+        /// Directory holding ca.pem and ca-key.pem.
+        #[arg(long)]
+        ca: PathBuf,
+        /// server (proxy listener), agent (agent listener), proxy (client of agents) or
+        /// tenant (client of the proxy; CN = tenant).
+        #[arg(long)]
+        kind: lookout_proxy::pki::Kind,
+        /// Subject CN: the host name (server, agent), proxy name, or tenant name.
+        #[arg(long)]
+        name: String,
+        /// Extra subject alternative names: DNS names, `*.<suffix>` wildcards, IP addresses.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+    /// Print the SPKI SHA-256 (hex) of a PEM certificate, PEM public key or SSH public key.
+    Fingerprint {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +110,13 @@ fn main() -> ExitCode {
             }
             run_agent(cfg)
         }
+        Command::Certs { command } => match certs(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lookout certs: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Dev { .. } => {
             eprintln!(
                 "lookout dev needs the proxy, which is not built yet; run `lookout agent --config FILE` \
@@ -70,6 +125,79 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn certs(command: CertsCommand) -> Result<(), String> {
+    use lookout_proxy::pki::{self, Ca, NewFile};
+    use std::time::{Duration, SystemTime};
+    let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let fingerprint = |pem: &str| pki::fingerprint(pem).map(|h| lookout_proxy::tenants::hex(&h));
+    let print_written = |paths: &[PathBuf]| {
+        for p in paths {
+            println!("wrote {}", p.display());
+        }
+    };
+    match command {
+        CertsCommand::Ca { out, name, days: d } => {
+            let (_, pem) =
+                Ca::create(&name, SystemTime::now(), days(d)).map_err(|e| e.to_string())?;
+            let files = [
+                NewFile {
+                    name: "ca.pem".into(),
+                    contents: &pem.cert_pem,
+                    secret: false,
+                },
+                NewFile {
+                    name: "ca-key.pem".into(),
+                    contents: &pem.key_pem,
+                    secret: true,
+                },
+            ];
+            print_written(&pki::write_new(&out, &files).map_err(|e| e.to_string())?);
+        }
+        CertsCommand::Issue {
+            ca,
+            kind,
+            name,
+            sans,
+            out,
+            days: d,
+        } => {
+            let stem = format!("{}-{name}", kind.as_str());
+            if !pki::safe_file_stem(&stem) {
+                return Err(format!("--name {name:?} cannot be used in a file name"));
+            }
+            let ca = Ca::from_pem(&read(&ca.join("ca.pem"))?, &read(&ca.join("ca-key.pem"))?)
+                .map_err(|e| e.to_string())?;
+            let pem = ca
+                .issue(kind, &name, &sans, SystemTime::now(), days(d))
+                .map_err(|e| e.to_string())?;
+            let files = [
+                NewFile {
+                    name: format!("{stem}.pem"),
+                    contents: &pem.cert_pem,
+                    secret: false,
+                },
+                NewFile {
+                    name: format!("{stem}-key.pem"),
+                    contents: &pem.key_pem,
+                    secret: true,
+                },
+            ];
+            print_written(&pki::write_new(&out, &files).map_err(|e| e.to_string())?);
+            println!(
+                "spki_sha256 {}",
+                fingerprint(&pem.cert_pem).map_err(|e| e.to_string())?
+            );
+        }
+        CertsCommand::Fingerprint { file } => {
+            println!("{}", fingerprint(&read(&file)?).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(())
 }
 
 fn run_agent(cfg: AgentConfig) -> ExitCode {
