@@ -54,11 +54,11 @@ pub struct AgentsConfig {
     pub tls: ClientTlsConfig,
     /// Bound on each of TCP connect, TLS handshake and waiting for the response headers.
     /// Default 5 s.
-    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// A stream on which nothing arrives (not even a heartbeat) for this long is treated as
     /// broken and reconnected. Default 45 s (agents send a heartbeat every 15 s).
-    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Reconnect backoff.
     #[serde(default)]
@@ -86,10 +86,10 @@ pub struct ClientTlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     /// First delay after a failure. Default 500 ms.
-    #[serde(default = "default_backoff_min", deserialize_with = "duration")]
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
     pub min: Duration,
     /// Largest delay. Default 30 s.
-    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub max: Duration,
 }
 
@@ -115,7 +115,7 @@ pub struct DnsConfig {
     #[serde(default)]
     pub port: Option<u16>,
     /// How often to re-resolve; sooner when the records' TTL is shorter. Default 30 s.
-    #[serde(default = "default_dns_refresh", deserialize_with = "duration")]
+    #[serde(default = "default_dns_refresh", with = "humantime_serde")]
     pub refresh: Duration,
 }
 
@@ -254,31 +254,6 @@ fn default_backoff_max() -> Duration {
 }
 fn default_dns_refresh() -> Duration {
     DEFAULT_DNS_REFRESH
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-/// Parses `"250ms"`, `"5s"`, `"1.5m"`, `"1h"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {s:?} has no unit (ms, s, m, h)"))?;
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?}: bad number"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        u => return Err(format!("duration {s:?}: unknown unit {u:?} (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("duration {s:?}: {e}"))
 }
 
 #[cfg(test)]
