@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lookout_agent::config::AgentConfig;
+use lookout_proxy::config::ProxyConfig;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +26,15 @@ struct Cli {
 enum Command {
     /// Run the per-node agent.
     Agent {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Validate the configuration, list every problem, and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Run the proxy: tenants' authenticating front door.
+    Proxy {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
@@ -109,6 +119,23 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             run_agent(cfg)
+        }
+        Command::Proxy {
+            config,
+            check_config,
+        } => {
+            let cfg = match ProxyConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if check_config {
+                println!("{}: ok", config.display());
+                return ExitCode::SUCCESS;
+            }
+            run_proxy(cfg)
         }
         Command::Certs { command } => match certs(command) {
             Ok(()) => ExitCode::SUCCESS,
@@ -198,6 +225,32 @@ fn certs(command: CertsCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn run_proxy(cfg: ProxyConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let proxy = match lookout_proxy::server::Proxy::start(cfg).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "proxy failed to start");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        proxy.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_agent(cfg: AgentConfig) -> ExitCode {

@@ -1,6 +1,13 @@
 //! The proxy: tenants' authenticating front door.
 //!
-//! Built so far — the pieces that decide, with no I/O of their own:
+//! [`server::Proxy`] runs it: [`config`] (the TOML file, every problem listed),
+//! [`server`] (TLS listener with certificate and tenants-file hot reload, connection bounds,
+//! the admin listener) and [`server::handler`] (per request: source limit → Host/SNI →
+//! `/_ping`/health → authentication → tenant limit → discovery routes or a scrape streamed
+//! from the node's agent; agent failures mapped in [`server::handler::map_upstream`]);
+//! [`telemetry`] holds the proxy's own metrics.
+//!
+//! The pieces that decide, with no I/O of their own:
 //! - [`tenants`]: the tenants file (names, roles, rate limits, credentials), validated with
 //!   every problem listed, indexed for lookups by certificate name, key and token hash;
 //! - [`identity`]: peer certificate chain and/or bearer token → tenant identity, or a typed
@@ -10,18 +17,21 @@
 //! - [`limit`]: per-tenant GCRA limits (this replica's share of a cluster-wide rate) and a
 //!   per-source-address limit for before authentication;
 //! - [`pki`]: the CA and certificates behind `lookout certs`;
-//! - [`refusal`]: the one place that maps these refusals to HTTP statuses.
+//! - [`refusal`]: the one place that maps these refusals to HTTP statuses;
+//! - [`upstream`]: the pooled mTLS client to agents.
 //!
-//! **Not built yet**: the HTTPS server and its certificate reload, authorization against the
-//! inventory, the upstream connection pool to agents, the discovery endpoints (`/v1/discover`,
-//! `/v1/gz/discover`, `/v1/sd`), health endpoints and the proxy's own metrics. Nothing here
-//! serves requests.
+//! **Not built yet**: learning the replica count from DNS (it is configured), and agent
+//! addresses from DNS per node (the inventory carries them).
 
+pub mod config;
 mod der;
 pub mod host;
 pub mod identity;
 pub mod limit;
 pub mod pki;
 pub mod refusal;
+pub mod server;
+pub mod telemetry;
 pub mod tenants;
 pub mod tls;
+pub mod upstream;

@@ -1,0 +1,453 @@
+//! The proxy's configuration: a TOML file parsed once into typed structs, with every problem
+//! reported together (not just the first) before the proxy starts.
+//!
+//! ```toml
+//! listen = "0.0.0.0:9163"              # tenants' HTTPS listener (default)
+//! admin_listen = "127.0.0.1:9165"      # own metrics, plain HTTP; keep it on loopback (default)
+//! base_name = "lookout.example.com"    # the discovery host
+//! base_aliases = ["localhost"]         # optional: more names for the discovery host
+//! ip_literals_are_base = false         # optional: `Host: 10.0.0.5:9163` is the discovery host
+//! dns_suffix = "lookout.example.com"   # `<id>.<dns_suffix>` names instances and nodes
+//! sd_port = 9163                       # port in HTTP SD targets; default: the listen port
+//! tenants_file = "/etc/lookout/tenants.toml"
+//! tenants_reload_interval = "10s"      # how often the tenants file is checked (default)
+//!
+//! [tls]                                # the tenants-facing listener
+//! cert = "/etc/lookout/server.pem"     # SANs: base_name and *.<dns_suffix>
+//! key = "/etc/lookout/server-key.pem"
+//! tenant_ca = "/etc/lookout/tenant-ca.pem"   # optional: CA whose certificates name tenants
+//! reload_interval = "10s"              # default
+//!
+//! [upstream]                           # how the proxy reaches agents (mTLS)
+//! cert = "/etc/lookout/proxy.pem"      # issued by the operator CA
+//! key = "/etc/lookout/proxy-key.pem"
+//! ca = "/etc/lookout/ca.pem"           # the operator CA
+//! connect_timeout = "5s"               # default
+//! idle_timeout = "90s"                 # default
+//! scrape_timeout = "10s"               # default when X-Prometheus-Scrape-Timeout-Seconds is absent
+//!
+//! [inventory]
+//! source = "agents"                    # or "file"
+//! agents = ["node1.example.net:9164"]  # the rest as lookout_discovery::agents::AgentsConfig
+//! [inventory.tls]
+//! cert = "/etc/lookout/proxy.pem"
+//! key = "/etc/lookout/proxy-key.pem"
+//! ca = "/etc/lookout/ca.pem"
+//!
+//! # or:
+//! # [inventory]
+//! # source = "file"
+//! # path = "/etc/lookout/inventory.toml"
+//! # reload_interval = "5s"
+//!
+//! [limits]
+//! replicas = 1                         # proxy replicas sharing the tenants' rate limits
+//! max_connections = 4096               # open client connections, beyond which new ones close
+//! handshake_timeout = "10s"            # TLS handshake bound
+//! header_read_timeout = "10s"          # request headers bound (HTTP/1.1)
+//! max_header_bytes = 16384             # request header bytes (at least 8192)
+//! source = { per_second = 50.0, burst = 200 }   # per source address, before authentication
+//! ```
+//!
+//! Durations are a number and a unit: `ms`, `s`, `m`, `h`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lookout_discovery::agents::AgentsConfig;
+use serde::Deserialize;
+
+use crate::tenants::RateLimit;
+use crate::upstream::UpstreamConfig;
+
+/// The whole proxy configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Tenants' HTTPS listener. Default `0.0.0.0:9163`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Own-metrics listener, plain HTTP. Default `127.0.0.1:9165`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// The discovery host name, e.g. `lookout.example.com`.
+    pub base_name: String,
+    /// More names answered as the discovery host (e.g. `localhost`). Default none.
+    #[serde(default)]
+    pub base_aliases: Vec<String>,
+    /// Whether an IP-literal Host is the discovery host. Default false.
+    #[serde(default)]
+    pub ip_literals_are_base: bool,
+    /// The zone under which `<id>.<dns_suffix>` names instances and nodes.
+    pub dns_suffix: String,
+    /// Port written into HTTP SD targets. Default: the port of `listen`.
+    #[serde(default)]
+    pub sd_port: Option<u16>,
+    /// The tenants file ([`crate::tenants`]).
+    pub tenants_file: PathBuf,
+    /// How often the tenants file is checked for changes. Default 10 s.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub tenants_reload_interval: Duration,
+    /// The listener's certificate and the tenant CA.
+    pub tls: ServerTlsConfig,
+    /// The connection to agents.
+    pub upstream: UpstreamSection,
+    /// Where the inventory comes from.
+    pub inventory: InventoryConfig,
+    /// Bounds.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The tenants-facing TLS material (PEM files), re-read when they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// Certificate chain; its SANs should cover `base_name` and `*.<dns_suffix>`.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA certificate(s) whose issued certificates name tenants (CN/SAN). Optional: without
+    /// it only registered keys and bearer tokens authenticate.
+    #[serde(default)]
+    pub tenant_ca: Option<PathBuf>,
+    /// How often the files are checked for changes. Default 10 s.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// `[upstream]`: the proxy's client identity towards agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Client certificate, issued by the operator CA.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The operator CA agents' certificates chain to.
+    pub ca: PathBuf,
+    /// TCP connect + TLS handshake bound. Default 5 s.
+    #[serde(default = "five_seconds", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept. Default 90 s.
+    #[serde(default = "ninety_seconds", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Scrape deadline when the client sends no `X-Prometheus-Scrape-Timeout-Seconds`.
+    /// Default 10 s (Prometheus's default scrape timeout).
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub scrape_timeout: Duration,
+}
+
+impl UpstreamSection {
+    /// The [`UpstreamConfig`] for [`crate::upstream::Upstream::new`].
+    pub fn upstream_config(&self) -> UpstreamConfig {
+        UpstreamConfig {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// `[inventory]`: which discovery source fills the inventory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum InventoryConfig {
+    /// Watch agents' instance streams ([`lookout_discovery::agents`]).
+    Agents(AgentsConfig),
+    /// One TOML/JSON file ([`lookout_discovery::file`]).
+    File(FileSourceConfig),
+}
+
+/// The `file` inventory source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// The inventory file.
+    pub path: PathBuf,
+    /// How often it is checked for changes. Default 5 s.
+    #[serde(default = "five_seconds", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// `[limits]`: what bounds the proxy's cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Proxy replicas sharing the tenants' cluster-wide rate limits. Default 1.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Most open client connections; more are closed at once. Default 4096.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to finish the TLS handshake. Default 10 s.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time a client has to send a request's headers (HTTP/1.1). Default 10 s.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most bytes of request headers. Default 16384; at least 8192.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Per-source-address limit applied before authentication (per replica).
+    /// Default 50 r/s, burst 200.
+    #[serde(default = "default_source_rate")]
+    pub source: RateLimit,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            replicas: 1,
+            max_connections: default_max_connections(),
+            handshake_timeout: ten_seconds(),
+            header_read_timeout: ten_seconds(),
+            max_header_bytes: default_max_header_bytes(),
+            source: default_source_rate(),
+        }
+    }
+}
+
+/// Smallest `limits.max_header_bytes` (hyper's own floor for its read buffer).
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9163))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9165))
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn ninety_seconds() -> Duration {
+    Duration::from_secs(90)
+}
+fn one() -> u32 {
+    1
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_source_rate() -> RateLimit {
+    RateLimit {
+        per_second: 50.0,
+        burst: 200,
+    }
+}
+
+/// Everything wrong with a configuration, one problem per entry.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid proxy configuration {path}:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// Each problem found.
+    pub problems: Vec<String>,
+}
+
+impl ProxyConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
+        let fail = |p: String| ConfigError {
+            path: path.display().to_string(),
+            problems: vec![p],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let cfg = ProxyConfig::parse(&text).map_err(|e| fail(e.to_string()))?;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError {
+                path: path.display().to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// Parses TOML without touching the filesystem (no semantic checks: see
+    /// [`ProxyConfig::problems`]).
+    pub fn parse(text: &str) -> Result<ProxyConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The port HTTP SD targets carry (the listen port when `sd_port` is not set; a running
+    /// proxy listening on port 0 uses the port it got).
+    pub fn sd_port(&self) -> u16 {
+        self.sd_port.unwrap_or(self.listen.port())
+    }
+
+    /// Every semantic problem: names that are not DNS names, files that cannot be read or
+    /// used, values out of range.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        match crate::host::HostRules::new(&self.base_name, &self.dns_suffix) {
+            Ok(rules) => {
+                for a in &self.base_aliases {
+                    if rules.clone().with_base_alias(a).is_err() {
+                        p.push(format!("base_aliases: {a:?} is not a DNS name"));
+                    }
+                }
+            }
+            Err(e) => p.push(format!("base_name/dns_suffix: {e}")),
+        }
+        let mut files = vec![
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("upstream.cert", &self.upstream.cert),
+            ("upstream.key", &self.upstream.key),
+            ("upstream.ca", &self.upstream.ca),
+            ("tenants_file", &self.tenants_file),
+        ];
+        if let Some(ca) = &self.tls.tenant_ca {
+            files.push(("tls.tenant_ca", ca));
+        }
+        let mut missing = false;
+        for (name, file) in files {
+            if let Err(e) = std::fs::metadata(file) {
+                p.push(format!("{name} {}: {e}", file.display()));
+                missing = true;
+            }
+        }
+        if !missing {
+            if let Err(e) = crate::server::TlsMaterial::load(&self.tls) {
+                p.push(format!("tls: {e}"));
+            }
+            if let Err(e) = crate::tenants::Tenants::load(&self.tenants_file) {
+                p.push(e.to_string());
+            }
+        }
+        match &self.inventory {
+            InventoryConfig::Agents(a) => {
+                for problem in a.problems() {
+                    p.push(format!("inventory: {problem}"));
+                }
+            }
+            InventoryConfig::File(f) => {
+                if f.reload_interval.is_zero() {
+                    p.push("inventory.reload_interval must be greater than zero".into());
+                }
+                if let Err(e) = std::fs::metadata(&f.path) {
+                    p.push(format!("inventory.path {}: {e}", f.path.display()));
+                }
+            }
+        }
+        let l = &self.limits;
+        if l.replicas == 0 {
+            p.push("limits.replicas must be at least 1".into());
+        }
+        if l.max_connections == 0 {
+            p.push("limits.max_connections must be at least 1".into());
+        }
+        if l.max_header_bytes < MIN_HEADER_BYTES {
+            p.push(format!(
+                "limits.max_header_bytes must be at least {MIN_HEADER_BYTES}"
+            ));
+        }
+        if !(l.source.per_second.is_finite() && l.source.per_second > 0.0) {
+            p.push("limits.source.per_second must be a positive number".into());
+        }
+        if l.source.burst == 0 {
+            p.push("limits.source.burst must be at least 1".into());
+        }
+        for (name, d) in [
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("tls.reload_interval", self.tls.reload_interval),
+            ("tenants_reload_interval", self.tenants_reload_interval),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.scrape_timeout", self.upstream.scrape_timeout),
+        ] {
+            if d.is_zero() {
+                p.push(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            p.push("listen and admin_listen must differ".into());
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+base_name = "lookout.example.com"
+dns_suffix = "lookout.example.com"
+tenants_file = "/nonexistent/tenants.toml"
+[tls]
+cert = "/c"
+key = "/k"
+[upstream]
+cert = "/uc"
+key = "/uk"
+ca = "/uca"
+[inventory]
+source = "file"
+path = "/inv.toml"
+"#;
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let cfg = ProxyConfig::parse(MINIMAL).expect("parses");
+        assert_eq!(cfg.listen.port(), 9163);
+        assert_eq!(cfg.admin_listen, SocketAddr::from(([127, 0, 0, 1], 9165)));
+        assert_eq!(cfg.sd_port(), 9163);
+        assert_eq!(cfg.limits.replicas, 1);
+        assert_eq!(cfg.upstream.scrape_timeout, Duration::from_secs(10));
+        assert!(matches!(cfg.inventory, InventoryConfig::File(_)));
+    }
+
+    #[test]
+    fn agents_source_parses_and_unknown_keys_are_refused() {
+        let agents = MINIMAL.replace(
+            "source = \"file\"\npath = \"/inv.toml\"",
+            "source = \"agents\"\nagents = [\"n1:9164\"]\n[inventory.tls]\ncert = \"/a\"\nkey = \"/b\"\nca = \"/c\"",
+        );
+        let cfg = ProxyConfig::parse(&agents).expect("agents parses");
+        assert!(matches!(cfg.inventory, InventoryConfig::Agents(_)));
+        let typo = MINIMAL.replace("path = ", "pth = ");
+        assert!(ProxyConfig::parse(&typo).is_err());
+        let top = format!("lisen = \"0.0.0.0:1\"\n{MINIMAL}");
+        assert!(ProxyConfig::parse(&top).is_err());
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let text = include_str!("../../deploy/config/proxy.toml");
+        let cfg = ProxyConfig::parse(text).expect("deploy/config/proxy.toml parses");
+        assert!(matches!(cfg.inventory, InventoryConfig::Agents(_)));
+        assert_eq!(cfg.limits.max_header_bytes, 16384);
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let bad = MINIMAL
+            .replace("lookout.example.com\"\ndns", "not a name\"\ndns")
+            .replace(
+                "[tls]",
+                "[limits]\nreplicas = 0\nmax_header_bytes = 10\n[tls]",
+            );
+        let cfg = ProxyConfig::parse(&bad).expect("parses");
+        let p = cfg.problems();
+        let has = |s: &str| p.iter().any(|x| x.contains(s));
+        assert!(has("base_name"), "{p:?}");
+        assert!(has("tls.cert"), "{p:?}");
+        assert!(has("tenants_file"), "{p:?}");
+        assert!(has("inventory.path"), "{p:?}");
+        assert!(has("limits.replicas"), "{p:?}");
+        assert!(has("limits.max_header_bytes"), "{p:?}");
+    }
+}

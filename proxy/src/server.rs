@@ -1,0 +1,604 @@
+//! The HTTPS server: listeners, TLS with hot reload, tenants-file hot reload, connection
+//! bounds, the admin listener, and the running [`Proxy`].
+//!
+//! - **TLS** (rustls, ring): the server certificate from `[tls]`, a client certificate
+//!   requested but not required ([`crate::tls::AcceptAnyClientCert`]), ALPN `h2` and
+//!   `http/1.1` (Prometheus's triton SD offers no ALPN and gets HTTP/1.1). The certificate,
+//!   key and tenant CA are re-read when their modification times change; broken new files
+//!   keep the old material in force (logged, counted in `lookout_proxy_tls_reload_failures`).
+//!   Connections in flight keep the configuration they started with.
+//! - **Tenants file**: re-read when it changes; a broken file keeps the last good tenants
+//!   (logged, counted in `lookout_proxy_tenants_reload_failures`). Rate limits follow.
+//! - **Bounds**: at most `limits.max_connections` open connections (more are closed at once),
+//!   a TLS handshake deadline, a request-header deadline and size bound (hyper answers 431 to
+//!   oversized headers).
+//! - **Requests** are handled by [`handler`] (the order of checks is documented there).
+//! - **Admin listener**: plain HTTP (keep it on loopback): `GET /metrics` (OpenMetrics text of
+//!   [`crate::telemetry::Telemetry`]) and `GET /healthz`.
+
+pub mod handler;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lookout_discovery::Shared;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{InventoryConfig, LimitsConfig, ProxyConfig, ServerTlsConfig};
+use crate::host::{HostError, HostRules};
+use crate::identity::TenantCa;
+use crate::limit::{SourceLimiter, TenantLimiter};
+use crate::telemetry::Telemetry;
+use crate::tenants::{Tenants, TenantsError};
+use crate::upstream::{Upstream, UpstreamError};
+
+use self::handler::{Conn, State};
+
+/// Why the TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {what}")]
+    File {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// rustls refused the certificate or key.
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    /// The tenant CA could not be used.
+    #[error("{0}")]
+    TenantCa(String),
+}
+
+fn file_err(path: &Path, what: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        what: what.to_string(),
+    }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no CERTIFICATE block"));
+    }
+    Ok(certs)
+}
+
+/// The listener's TLS material, built from `[tls]`: the rustls server configuration and the
+/// tenant CA the identity layer checks chains against.
+pub struct TlsMaterial {
+    /// For new connections.
+    pub server: Arc<ServerConfig>,
+    /// The tenant CA ([`TenantCa::none`] when not configured).
+    pub tenant_ca: Arc<TenantCa>,
+}
+
+impl TlsMaterial {
+    /// Reads the files and builds the configuration.
+    pub fn load(cfg: &ServerTlsConfig) -> Result<TlsMaterial, TlsError> {
+        let certs = load_certs(&cfg.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| file_err(&cfg.key, e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = crate::tls::AcceptAnyClientCert::new(&provider);
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)?;
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tenant_ca = match &cfg.tenant_ca {
+            Some(path) => TenantCa::new(&load_certs(path)?).map_err(TlsError::TenantCa)?,
+            None => TenantCa::none(),
+        };
+        Ok(TlsMaterial {
+            server: Arc::new(server),
+            tenant_ca: Arc::new(tenant_ca),
+        })
+    }
+}
+
+/// Modification times (and sizes) of a set of files: a change means "reload".
+fn stamps(paths: &[&Path]) -> Vec<Option<(SystemTime, u64)>> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// The live TLS material, swapped atomically when the files change.
+pub struct ReloadingTls {
+    cfg: ServerTlsConfig,
+    current: ArcSwap<TlsMaterial>,
+    stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl ReloadingTls {
+    /// Loads the files once.
+    pub fn new(cfg: ServerTlsConfig) -> Result<Self, TlsError> {
+        let stamp = Mutex::new(stamps(&Self::paths(&cfg)));
+        let material = TlsMaterial::load(&cfg)?;
+        Ok(ReloadingTls {
+            cfg,
+            current: ArcSwap::from_pointee(material),
+            stamp,
+        })
+    }
+
+    fn paths(cfg: &ServerTlsConfig) -> Vec<&Path> {
+        let mut p = vec![cfg.cert.as_path(), cfg.key.as_path()];
+        if let Some(ca) = &cfg.tenant_ca {
+            p.push(ca.as_path());
+        }
+        p
+    }
+
+    /// The material in force.
+    pub fn current(&self) -> Arc<TlsMaterial> {
+        self.current.load_full()
+    }
+
+    /// Reloads if any file changed. `Ok(true)` when new material is in force, `Err` when
+    /// the new files are broken (the old material stays).
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps(&Self::paths(&self.cfg));
+        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == now {
+            return Ok(false);
+        }
+        *last = now;
+        let material = TlsMaterial::load(&self.cfg)?;
+        self.current.store(Arc::new(material));
+        Ok(true)
+    }
+}
+
+/// The live tenants file, swapped atomically when it changes.
+pub struct ReloadingTenants {
+    path: PathBuf,
+    current: ArcSwap<Tenants>,
+    stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl ReloadingTenants {
+    /// Loads the file once.
+    pub fn new(path: PathBuf) -> Result<Self, TenantsError> {
+        let stamp = Mutex::new(stamps(&[&path]));
+        let tenants = Tenants::load(&path)?;
+        Ok(ReloadingTenants {
+            path,
+            current: ArcSwap::from_pointee(tenants),
+            stamp,
+        })
+    }
+
+    /// The tenants in force.
+    pub fn current(&self) -> Arc<Tenants> {
+        self.current.load_full()
+    }
+
+    /// Reloads if the file changed: `Ok(Some(new))` when new tenants are in force, `Err`
+    /// when the new file is broken (the old tenants stay).
+    pub fn reload_if_changed(&self) -> Result<Option<Arc<Tenants>>, TenantsError> {
+        let now = stamps(&[&self.path]);
+        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == now {
+            return Ok(None);
+        }
+        *last = now;
+        let tenants = Arc::new(Tenants::load(&self.path)?);
+        self.current.store(Arc::clone(&tenants));
+        Ok(Some(tenants))
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS material unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    /// Tenants file unusable.
+    #[error("{0}")]
+    Tenants(#[from] TenantsError),
+    /// `base_name`, `base_aliases` or `dns_suffix` is not a DNS name.
+    #[error("host names: {0}")]
+    Hosts(#[from] HostError),
+    /// The upstream client could not be built.
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// The inventory source could not be built.
+    #[error("inventory: {0}")]
+    Inventory(String),
+    /// Cannot listen.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Error.
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy.
+pub struct Proxy {
+    local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    inventory: Arc<Shared>,
+    telemetry: Arc<Telemetry>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    /// Loads TLS material and tenants, starts the inventory source, the reload loops and
+    /// both listeners. The proxy answers at once; `/readyz` says 503 until the inventory
+    /// source has published.
+    pub async fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
+        let mut hosts = HostRules::new(&config.base_name, &config.dns_suffix)?
+            .ip_literals_are_base(config.ip_literals_are_base);
+        for alias in &config.base_aliases {
+            hosts = hosts.with_base_alias(alias)?;
+        }
+        let tls = Arc::new(ReloadingTls::new(config.tls.clone())?);
+        let tenants = Arc::new(ReloadingTenants::new(config.tenants_file.clone())?);
+        let upstream = Upstream::new(&config.upstream.upstream_config())?;
+        let telemetry = Arc::new(Telemetry::new());
+        let inventory = Shared::new();
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        match &config.inventory {
+            InventoryConfig::Agents(a) => {
+                let watcher = lookout_discovery::agents::Watcher::new(a.clone())
+                    .map_err(|e| StartError::Inventory(e.to_string()))?;
+                tasks.spawn(watcher.run(Arc::clone(&inventory), rx.clone()));
+            }
+            InventoryConfig::File(f) => {
+                tasks.spawn(lookout_discovery::file::watch(
+                    f.path.clone(),
+                    Arc::clone(&inventory),
+                    f.reload_interval,
+                    rx.clone(),
+                ));
+            }
+        }
+
+        let bind = |addr: SocketAddr| async move {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let local = l
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr, source })?;
+            Ok::<_, StartError>((l, local))
+        };
+        let (listener, local_addr) = bind(config.listen).await?;
+        let (admin, admin_addr) = bind(config.admin_listen).await?;
+
+        let current_tenants = tenants.current();
+        let state = Arc::new(State {
+            hosts,
+            tls: Arc::clone(&tls),
+            tenants: Arc::clone(&tenants),
+            tenant_limits: TenantLimiter::new(
+                current_tenants.default_rate_limit(),
+                current_tenants.rate_overrides(),
+                config.limits.replicas,
+            ),
+            source_limits: SourceLimiter::new(config.limits.source),
+            inventory: Arc::clone(&inventory),
+            upstream,
+            telemetry: Arc::clone(&telemetry),
+            dns_suffix: config.dns_suffix.to_ascii_lowercase(),
+            sd_port: config.sd_port.unwrap_or(local_addr.port()),
+            scrape_timeout: config.upstream.scrape_timeout,
+        });
+
+        tasks.spawn(reload_tls(
+            tls,
+            config.tls.reload_interval,
+            Arc::clone(&telemetry),
+            rx.clone(),
+        ));
+        tasks.spawn(reload_tenants(
+            Arc::clone(&state),
+            config.tenants_reload_interval,
+            rx.clone(),
+        ));
+        tasks.spawn(housekeeping(Arc::clone(&state), rx.clone()));
+        tasks.spawn(serve(listener, state, config.limits.clone(), rx.clone()));
+        tasks.spawn(serve_admin(
+            admin,
+            Arc::clone(&telemetry),
+            Arc::clone(&inventory),
+            rx,
+        ));
+        tracing::info!(addr = %local_addr, admin = %admin_addr, "proxy listening (TLS)");
+        Ok(Proxy {
+            local_addr,
+            admin_addr,
+            inventory,
+            telemetry,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The tenants' HTTPS address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin (own metrics) address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The inventory the proxy serves from.
+    pub fn inventory(&self) -> &Arc<Shared> {
+        &self.inventory
+    }
+
+    /// The proxy's own metrics.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// Stops accepting, ends background tasks (connections get a few seconds to finish),
+    /// waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn reload_tls(
+    tls: Arc<ReloadingTls>,
+    every: Duration,
+    telemetry: Arc<Telemetry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        match tls.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificates reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                telemetry.tls_reload_failures.inc();
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates");
+            }
+        }
+    }
+}
+
+async fn reload_tenants(state: Arc<State>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        match state.tenants.reload_if_changed() {
+            Ok(Some(t)) => {
+                state
+                    .tenant_limits
+                    .set_limits(t.default_rate_limit(), t.rate_overrides());
+                tracing::info!(tenants = t.tenants().len(), "tenants file reloaded");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                state.telemetry.tenants_reload_failures.inc();
+                tracing::error!(error = %e, "tenants file rejected; keeping the previous tenants");
+            }
+        }
+    }
+}
+
+/// Bounds the rate limiters' memory: forgets keys whose state is back to full.
+async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = shutdown.changed() => return,
+        }
+        state.tenant_limits.housekeeping();
+        state.source_limits.housekeeping();
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    limits: LimitsConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            state.telemetry.connections_refused.inc();
+            tracing::warn!(%peer, "connection limit reached; closing");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&state.tls.current().server));
+        let state = Arc::clone(&state);
+        let limits = limits.clone();
+        let mut stop = shutdown.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            state.telemetry.connections.inc();
+            let _gauge = ConnGauge(Arc::clone(&state.telemetry));
+            let stream =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = {
+                let (_, session) = stream.get_ref();
+                Arc::new(Conn::new(
+                    peer,
+                    session.server_name().map(str::to_owned),
+                    session
+                        .peer_certificates()
+                        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                        .unwrap_or_default(),
+                ))
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                let conn = Arc::clone(&conn);
+                async move { Ok::<_, Infallible>(state.handle(&conn, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    conns.shutdown().await;
+}
+
+/// Decrements the open-connections gauge when a connection task ends, however it ends.
+struct ConnGauge(Arc<Telemetry>);
+
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
+}
+
+/// The admin listener: `GET /metrics` and `GET /healthz`, plain HTTP/1.1.
+async fn serve_admin(
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    inventory: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        // The admin listener is for the operator's own Prometheus; a handful of
+        // connections is plenty.
+        if conns.len() >= 64 {
+            continue;
+        }
+        let telemetry = Arc::clone(&telemetry);
+        let inventory = Arc::clone(&inventory);
+        conns.spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                let telemetry = Arc::clone(&telemetry);
+                let inventory = Arc::clone(&inventory);
+                async move {
+                    let resp = match req.uri().path() {
+                        "/metrics" => {
+                            telemetry.observe_inventory(&inventory);
+                            admin_response(
+                                200,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                telemetry.encode(),
+                            )
+                        }
+                        "/healthz" => {
+                            admin_response(200, "text/plain; charset=utf-8", "ok\n".into())
+                        }
+                        _ => admin_response(404, "text/plain; charset=utf-8", "not found\n".into()),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let _ = tokio::time::timeout(
+                Duration::from_secs(300),
+                builder.serve_connection(TokioIo::new(tcp), service),
+            )
+            .await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    conns.shutdown().await;
+}
+
+fn admin_response(status: u16, content_type: &str, body: String) -> http::Response<Full<Bytes>> {
+    let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}

@@ -1,0 +1,715 @@
+//! The proxy's HTTPS server end to end, over real TLS on loopback: a throw-away PKI made with
+//! rcgen (server CA, tenant CA, a CA-issued tenant certificate, a registered self-signed key,
+//! an unknown one), a tenants file with bearer tokens and an operator, and the `file`
+//! inventory source. Discovery, authentication, authorization and every refusal path are
+//! checked through a hyper + tokio-rustls client that sets SNI and Host explicitly.
+//!
+//! Scrapes that reach an agent are not asserted here (the upstream client is built
+//! separately); their error mapping is unit-tested in `server::handler`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use lookout_proxy::config::ProxyConfig;
+use lookout_proxy::identity::spki_sha256;
+use lookout_proxy::server::Proxy;
+use lookout_proxy::tenants::hex;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const BASE: &str = "lookout.test";
+
+/// A certificate (DER) and its key (PKCS#8 DER).
+#[derive(Clone)]
+struct Ident {
+    cert: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn new_ca(cn: &str) -> Ca {
+    let key = KeyPair::generate().expect("keygen");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let cert = p.self_signed(&key).expect("CA");
+    Ca { cert, key }
+}
+
+fn issue(ca: &Ca, cn: &str, sans: &[&str], server: bool) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().expect("keygen");
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let mut p = CertificateParams::new(sans).expect("params");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    let cert = p.signed_by(&key, &ca.cert, &ca.key).expect("sign");
+    (cert, key)
+}
+
+fn ident(cert: &rcgen::Certificate, key: &KeyPair) -> Ident {
+    Ident {
+        cert: cert.der().clone(),
+        key: key.serialize_der(),
+    }
+}
+
+fn self_signed(cn: &str) -> Ident {
+    let key = KeyPair::generate().expect("keygen");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let cert = p.self_signed(&key).expect("self-sign");
+    ident(&cert, &key)
+}
+
+fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// A running proxy with its files and the credentials of each test tenant.
+struct Fixture {
+    dir: TempDir,
+    proxy: Proxy,
+    server_ca: CertificateDer<'static>,
+    /// CA-issued certificate naming tenant `acme`.
+    acme: Ident,
+    /// Self-signed certificate whose key is registered to `globex`.
+    globex: Ident,
+    /// Self-signed certificate nobody registered.
+    stranger: Ident,
+}
+
+const INVENTORY: &str = r#"
+[[nodes]]
+id = "cn1"
+agent = "127.0.0.1:1"
+hostname = "cn1.dc1"
+[[nodes]]
+id = "cn2"
+agent = "127.0.0.1:1"
+[[instances]]
+id = "web-1"
+node = "cn1"
+tenant = "acme"
+alias = "web01"
+groups = ["web"]
+[[instances]]
+id = "db-1"
+node = "cn2"
+tenant = "acme"
+groups = ["db"]
+[[instances]]
+id = "g-1"
+node = "cn1"
+tenant = "globex"
+[[instances]]
+id = "i-1"
+node = "cn2"
+tenant = "initech"
+[[instances]]
+id = "orphan"
+node = "cn2"
+"#;
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("lookout-proxy-")
+            .tempdir()
+            .expect("tempdir");
+        let w = |name: &str, text: &str| -> PathBuf {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p
+        };
+        let server_ca = new_ca("server CA");
+        let (server, server_key) = issue(&server_ca, BASE, &[BASE, &format!("*.{BASE}")], true);
+        let tenant_ca = new_ca("tenant CA");
+        let (acme, acme_key) = issue(&tenant_ca, "acme", &[], false);
+        let operator_ca = new_ca("operator CA");
+        let (proxy_client, proxy_key) = issue(&operator_ca, "proxy", &[], false);
+        let globex = self_signed("globex-laptop");
+        let stranger = self_signed("stranger");
+        let globex_spki = hex(&spki_sha256(&globex.cert).expect("spki"));
+
+        w("server.pem", &server.pem());
+        w("server-key.pem", &server_key.serialize_pem());
+        w("tenant-ca.pem", &tenant_ca.cert.pem());
+        w("operator-ca.pem", &operator_ca.cert.pem());
+        w("proxy.pem", &proxy_client.pem());
+        w("proxy-key.pem", &proxy_key.serialize_pem());
+        w(
+            "tenants.toml",
+            &format!(
+                r#"
+[defaults]
+rate_limit = {{ per_second = 1000.0, burst = 1000 }}
+
+[[tenant]]
+name = "acme"
+
+[[tenant]]
+name = "globex"
+spki_sha256 = ["{globex_spki}"]
+
+[[tenant]]
+name = "initech"
+token_sha256 = ["{initech}"]
+
+[[tenant]]
+name = "ops"
+roles = ["operator"]
+token_sha256 = ["{ops}"]
+
+[[tenant]]
+name = "slow"
+rate_limit = {{ per_second = 0.01, burst = 3 }}
+token_sha256 = ["{slow}"]
+"#,
+                initech = token_hash("initech-token"),
+                ops = token_hash("ops-token"),
+                slow = token_hash("slow-token"),
+            ),
+        );
+        w("inventory.toml", INVENTORY);
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let config = format!(
+            r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+base_name = "{BASE}"
+dns_suffix = "{BASE}"
+tenants_file = "{tenants}"
+tenants_reload_interval = "100ms"
+[tls]
+cert = "{cert}"
+key = "{key}"
+tenant_ca = "{tca}"
+reload_interval = "100ms"
+[upstream]
+cert = "{pc}"
+key = "{pk}"
+ca = "{oca}"
+[inventory]
+source = "file"
+path = "{inv}"
+reload_interval = "100ms"
+[limits]
+source = {{ per_second = 10000.0, burst = 10000 }}
+"#,
+            tenants = p("tenants.toml"),
+            cert = p("server.pem"),
+            key = p("server-key.pem"),
+            tca = p("tenant-ca.pem"),
+            pc = p("proxy.pem"),
+            pk = p("proxy-key.pem"),
+            oca = p("operator-ca.pem"),
+            inv = p("inventory.toml"),
+        );
+        let config_path = w("proxy.toml", &config);
+        let cfg = ProxyConfig::load(&config_path).expect("config valid");
+        let proxy = Proxy::start(cfg).await.expect("proxy starts");
+        let f = Fixture {
+            proxy,
+            server_ca: server_ca.cert.der().clone(),
+            acme: ident(&acme, &acme_key),
+            globex,
+            stranger,
+            dir,
+        };
+        f.wait_ready().await;
+        f
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..100 {
+            let r = self.get(None, BASE, BASE, "/readyz", &[]).await;
+            if r.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("proxy never became ready");
+    }
+
+    fn client(&self, identity: Option<&Ident>, sni: bool) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.server_ca.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let mut cfg = match identity {
+            Some(id) => {
+                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone()));
+                builder
+                    .with_client_auth_cert(vec![id.cert.clone()], key)
+                    .expect("client auth")
+            }
+            None => builder.with_no_client_auth(),
+        };
+        cfg.enable_sni = sni;
+        Arc::new(cfg)
+    }
+
+    /// One GET over a fresh TLS connection with this SNI (`""`: none; the certificate is
+    /// then verified for the base name) and Host.
+    async fn get(
+        &self,
+        identity: Option<&Ident>,
+        sni: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let client = self.client(identity, !sni.is_empty());
+        let name = if sni.is_empty() { BASE } else { sni };
+        get(&client, self.proxy.local_addr(), name, host, path, headers)
+            .await
+            .expect("request")
+    }
+
+    /// A GET on the base name, SNI and Host agreeing.
+    async fn base(&self, identity: Option<&Ident>, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let host = format!("{BASE}:{}", self.proxy.local_addr().port());
+        self.get(identity, BASE, &host, path, headers).await
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// Asserts the body can never be decoded as a JSON object (Triton SD error rule).
+    fn assert_not_json_object(&self) {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(&self.body);
+        assert!(
+            !parsed.as_ref().is_ok_and(|v| v.is_object() || v.is_null()),
+            "error body decodes as JSON: {:?}",
+            self.body
+        );
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("text/plain; charset=utf-8")
+        );
+    }
+}
+
+async fn get(
+    client: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(client))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let (mut send, conn) = http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+fn vm_uuids(v: &serde_json::Value) -> Vec<String> {
+    v["containers"]
+        .as_array()
+        .expect("containers array")
+        .iter()
+        .map(|c| c["vm_uuid"].as_str().expect("vm_uuid").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn ping_health_and_readiness_need_no_credentials() {
+    let f = Fixture::start().await;
+    let r = f.base(None, "/_ping", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"));
+    assert_eq!(f.base(None, "/healthz", &[]).await.status, 200);
+    let r = f.base(None, "/readyz", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // `/_ping` answers on instance hosts too, still without authentication.
+    let host = format!("web-1.{BASE}");
+    assert_eq!(f.get(None, &host, &host, "/_ping", &[]).await.status, 200);
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_credentials_and_unknown_keys_are_401() {
+    let f = Fixture::start().await;
+    for (who, id, headers) in [
+        ("nobody", None, vec![]),
+        ("stranger", Some(&f.stranger), vec![]),
+        ("bad token", None, vec![("authorization", "Bearer nope")]),
+        (
+            "not bearer",
+            None,
+            vec![("authorization", "Basic Zm9vOmJhcg==")],
+        ),
+    ] {
+        let r = f.base(id, "/v1/discover", &headers).await;
+        assert_eq!(r.status, 401, "{who}: {}", r.body);
+        r.assert_not_json_object();
+        assert!(r.headers.contains_key("www-authenticate"), "{who}");
+    }
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn ca_issued_certificate_lists_exactly_its_instances() {
+    let f = Fixture::start().await;
+    let r = f.base(Some(&f.acme), "/v1/discover", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    assert_eq!(vm_uuids(&r.json()), ["db-1", "web-1"]);
+    let web = &r.json()["containers"][1];
+    assert_eq!(web["vm_alias"], "web01");
+    assert_eq!(web["server_uuid"], "cn1");
+    assert_eq!(web["groups"], serde_json::json!(["web"]));
+
+    // Groups filter (Prometheus's form encoding), OR semantics.
+    let r = f.base(Some(&f.acme), "/v1/discover?groups=web", &[]).await;
+    assert_eq!(vm_uuids(&r.json()), ["web-1"]);
+    let r = f
+        .base(Some(&f.acme), "/v1/discover?groups=web%2Cdb", &[])
+        .await;
+    assert_eq!(vm_uuids(&r.json()), ["db-1", "web-1"]);
+    let r = f.base(Some(&f.acme), "/v1/discover?groups=none", &[]).await;
+    assert_eq!(r.body, r#"{"containers":[]}"#);
+
+    // A bad filter is 400, with a body Prometheus cannot mistake for an empty list.
+    let r = f
+        .base(Some(&f.acme), "/v1/discover?groups=a%2Ca", &[])
+        .await;
+    assert_eq!(r.status, 400);
+    r.assert_not_json_object();
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn registered_self_signed_key_works() {
+    let f = Fixture::start().await;
+    let r = f.base(Some(&f.globex), "/v1/discover", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(vm_uuids(&r.json()), ["g-1"]);
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn bearer_token_gets_http_sd_with_the_exact_content_type() {
+    let f = Fixture::start().await;
+    let auth = [("authorization", "Bearer initech-token")];
+    let r = f.base(None, "/v1/sd", &auth).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    assert!(r.headers.get("content-encoding").is_none());
+    let port = f.proxy.local_addr().port();
+    let v = r.json();
+    let groups = v.as_array().expect("array");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        groups[0]["targets"],
+        serde_json::json!([format!("i-1.{BASE}:{port}")])
+    );
+    assert_eq!(groups[0]["labels"]["__meta_triton_machine_id"], "i-1");
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_tenants_instance_is_404_like_a_missing_one() {
+    let f = Fixture::start().await;
+    let theirs = f
+        .base(Some(&f.acme), "/v1/instances/g-1/metrics", &[])
+        .await;
+    let missing = f
+        .base(Some(&f.acme), "/v1/instances/nope/metrics", &[])
+        .await;
+    let orphan = f
+        .base(Some(&f.acme), "/v1/instances/orphan/metrics", &[])
+        .await;
+    assert_eq!(theirs.status, 404);
+    assert_eq!(missing.status, 404);
+    assert_eq!(theirs.body, missing.body);
+    assert_eq!(orphan.body, missing.body);
+    assert_eq!(
+        theirs.headers.get("content-type"),
+        missing.headers.get("content-type")
+    );
+    // The same through the instance's own name.
+    let host = format!("g-1.{BASE}");
+    let named = f.get(Some(&f.acme), &host, &host, "/metrics", &[]).await;
+    assert_eq!(
+        (named.status, named.body.as_str()),
+        (404, missing.body.as_str())
+    );
+    let host = format!("nope.{BASE}");
+    let named = f.get(Some(&f.acme), &host, &host, "/metrics", &[]).await;
+    assert_eq!(
+        (named.status, named.body.as_str()),
+        (404, missing.body.as_str())
+    );
+    // Node metrics are for operators only.
+    let node = f.base(Some(&f.acme), "/v1/nodes/cn1/metrics", &[]).await;
+    assert_eq!(
+        (node.status, node.body.as_str()),
+        (404, missing.body.as_str())
+    );
+    let host = format!("cn1.{BASE}");
+    let node = f.get(Some(&f.acme), &host, &host, "/metrics", &[]).await;
+    assert_eq!(node.status, 404);
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn node_discovery_is_for_operators_only() {
+    let f = Fixture::start().await;
+    let r = f.base(Some(&f.acme), "/v1/gz/discover", &[]).await;
+    assert_eq!(r.status, 404);
+    r.assert_not_json_object();
+    let r = f
+        .base(
+            None,
+            "/v1/gz/sd",
+            &[("authorization", "Bearer initech-token")],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+
+    let ops = [("authorization", "Bearer ops-token")];
+    let r = f.base(None, "/v1/gz/discover", &ops).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"cns": [
+            {"server_uuid": "cn1", "server_hostname": "cn1.dc1"},
+            {"server_uuid": "cn2", "server_hostname": ""},
+        ]})
+    );
+    let r = f.base(None, "/v1/gz/sd", &ops).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_array().map(Vec::len), Some(2));
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn burst_past_the_tenant_limit_is_429_with_retry_after() {
+    let f = Fixture::start().await;
+    let auth = [("authorization", "Bearer slow-token")];
+    let mut limited = None;
+    for _ in 0..10 {
+        let r = f.base(None, "/v1/discover", &auth).await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = limited.expect("429 within 10 requests (burst 3)");
+    let retry: u64 = r
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After seconds");
+    assert!(retry >= 1);
+    r.assert_not_json_object();
+    // Other tenants are not affected.
+    assert_eq!(f.base(Some(&f.acme), "/v1/discover", &[]).await.status, 200);
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn host_and_sni_refusals() {
+    let f = Fixture::start().await;
+    // SNI names the base, Host an instance: 421.
+    let r = f
+        .get(
+            Some(&f.acme),
+            BASE,
+            &format!("web-1.{BASE}"),
+            "/metrics",
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 421, "{}", r.body);
+    // Malformed Host: 400.
+    let r = f
+        .get(Some(&f.acme), BASE, "bad host!", "/v1/discover", &[])
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    r.assert_not_json_object();
+    // Unknown name: 404. Case and port do not matter.
+    let r = f
+        .get(Some(&f.acme), "", "elsewhere.example", "/v1/discover", &[])
+        .await;
+    assert_eq!(r.status, 404);
+    let r = f
+        .get(
+            Some(&f.acme),
+            BASE,
+            "LOOKOUT.test:9163",
+            "/v1/discover",
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn own_metrics_on_the_admin_listener() {
+    let f = Fixture::start().await;
+    assert_eq!(f.base(Some(&f.acme), "/v1/discover", &[]).await.status, 200);
+    assert_eq!(f.base(None, "/v1/discover", &[]).await.status, 401);
+    let tcp = tokio::net::TcpStream::connect(f.proxy.admin_addr())
+        .await
+        .expect("admin connect");
+    let (mut send, conn) = http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("/metrics")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("admin response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    for want in [
+        r#"lookout_proxy_requests_total{tenant="acme",route="discover",code="2xx"} 1"#,
+        r#"lookout_proxy_auth_failures_total{reason="no_credentials"} 1"#,
+        "lookout_proxy_inventory_instances 5",
+        "lookout_proxy_inventory_nodes 2",
+        "lookout_proxy_inventory_source_up 1",
+        "lookout_proxy_request_seconds_bucket",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    f.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn tenants_file_reloads_and_a_broken_one_keeps_the_last_good() {
+    let f = Fixture::start().await;
+    let path = f.path("tenants.toml");
+    let good = std::fs::read_to_string(&path).expect("read tenants");
+    let auth = [("authorization", "Bearer new-token")];
+    assert_eq!(f.base(None, "/v1/discover", &auth).await.status, 401);
+
+    // A broken edit: the old tenants stay in force.
+    std::fs::write(&path, "this is not toml [").expect("write");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(f.base(Some(&f.acme), "/v1/discover", &[]).await.status, 200);
+
+    // A good edit adding a token takes effect without a restart.
+    let added = format!(
+        "{good}\n[[tenant]]\nname = \"newco\"\ntoken_sha256 = [\"{}\"]\n",
+        token_hash("new-token")
+    );
+    write_changed(&path, &added);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = f.base(None, "/v1/discover", &auth).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+    f.proxy.shutdown().await;
+}
+
+/// Writes `text` so that the modification time visibly changes.
+fn write_changed(path: &Path, text: &str) {
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(path, text).expect("write");
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let f = Fixture::start().await;
+    let big = "x".repeat(32 * 1024);
+    let client = f.client(Some(&f.acme), true);
+    let host = format!("{BASE}:{}", f.proxy.local_addr().port());
+    let r = get(
+        &client,
+        f.proxy.local_addr(),
+        BASE,
+        &host,
+        "/v1/discover",
+        &[("x-padding", big.as_str())],
+    )
+    .await;
+    // hyper answers 431 (or closes the connection): either way, never served.
+    match r {
+        Ok(r) => assert_eq!(r.status, 431, "{}", r.body),
+        Err(e) => assert!(e.starts_with("request"), "{e}"),
+    }
+    f.proxy.shutdown().await;
+}
