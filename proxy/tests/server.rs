@@ -4,8 +4,8 @@
 //! inventory source. Discovery, authentication, authorization and every refusal path are
 //! checked through a hyper + tokio-rustls client that sets SNI and Host explicitly.
 //!
-//! Scrapes that reach an agent are not asserted here (the upstream client is built
-//! separately); their error mapping is unit-tested in `server::handler`.
+//! Scrapes that reach a real agent are proven in `end_to_end.rs`; the upstream error mapping
+//! is unit-tested in `server::handler`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
