@@ -178,9 +178,19 @@ async fn node_exporter_full_top_row_is_sensible_per_container() {
     assert!(sys_load > 0.0 && sys_load < 400.0, "Sys Load {sys_load} %");
     assert_eq!(ram_total, (96 * MIB) as f64, "RAM Total = the limit");
     assert!(ram_used > 0.0 && ram_used < 100.0, "RAM Used {ram_used} %");
-    // The host has no swap here, so SwapTotal is 0 and the swap panel shows no data, as for a
-    // node without swap.
-    assert!(swap_total >= 0.0);
+    // No swap limit is set, so SwapTotal is the host's (0 on a host without swap, where the
+    // dashboard's swap panel shows no data, as for a node without swap).
+    let host_swap = std::fs::read_to_string("/proc/meminfo")
+        .expect("meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("SwapTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .expect("SwapTotal in /proc/meminfo")
+        * 1024.0;
+    assert_eq!(
+        swap_total, host_swap,
+        "SwapTotal = host swap when unlimited"
+    );
     assert!(
         (50.0..=75.0).contains(&root_fs),
         "Root FS Used {root_fs} % (busybox + 8 of 16 MiB written)"
