@@ -146,8 +146,8 @@ fn main() -> ExitCode {
         },
         Command::Dev { .. } => {
             eprintln!(
-                "lookout dev needs the proxy, which is not built yet; run `lookout agent --config FILE` \
-                 (see README.md) until it arrives"
+                "lookout dev is not built yet (it arrives with the rest of the proxy work); meanwhile \
+                 run `lookout agent --config FILE` and `lookout proxy --config FILE` (see README.md)"
             );
             ExitCode::from(2)
         }
