@@ -13,11 +13,13 @@ fi
 # Debian packages the tests use: runc + busybox-static (real containers), iproute2 (netns,
 # veth), prometheus (promtool checks the exposition), prometheus-node-exporter (the peer in
 # benchmarks and format comparisons), openssl (certificate fixtures in scripts),
-# python3-fusepy + fuse3 (a FUSE filesystem whose statfs hangs, the "dead NFS mount" test).
+# python3-fusepy + fuse3 (a FUSE filesystem whose statfs hangs, the "dead NFS mount" test),
+# dnsmasq-base (a real DNS server on loopback for the hickory-resolver paths).
 need_pkgs=()
 for pair in runc:runc busybox-static:/bin/busybox iproute2:ip prometheus:promtool \
             prometheus-node-exporter:prometheus-node-exporter openssl:openssl \
-            fuse3:fusermount3 python3-fusepy:/usr/lib/python3/dist-packages/fusepy.py; do
+            fuse3:fusermount3 python3-fusepy:/usr/lib/python3/dist-packages/fusepy.py \
+            dnsmasq-base:dnsmasq; do
   pkg=${pair%%:*} probe=${pair#*:}
   if ! command -v "$probe" >/dev/null 2>&1 && [ ! -e "$probe" ]; then need_pkgs+=("$pkg"); fi
 done
