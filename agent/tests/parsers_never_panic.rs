@@ -1,48 +1,27 @@
-//! The always-on shadow of the fuzz targets in `fuzz/`.
+//! The always-on shadow of the agent's fuzz targets in `fuzz/`.
 //!
 //! `cargo fuzz` needs a nightly compiler (or `RUSTC_BOOTSTRAP=1`) and minutes per target, so
 //! it runs by hand (`fuzz/README.md`). This test runs the very same harnesses on stable Rust
-//! in every CI run: `fuzz/src/lib.rs` is included below as a module, so the parsers covered
+//! in every CI run: `fuzz/src/agent.rs` is included below as a module, so the parsers covered
 //! and the invariants asserted cannot drift apart. Each target gets its seed corpus
 //! (`fuzz/seeds/<target>/`, real kernel and runtime samples), a few hand-picked edge cases,
-//! and [`MUTATIONS`] deterministic mutants of its seeds from a fixed-seed xorshift PRNG: bit
-//! flips, truncations, deletions, duplications, splices between seeds, and insertions of
+//! and `shadow::MUTATIONS` deterministic mutants of its seeds from a fixed-seed xorshift PRNG:
+//! bit flips, truncations, deletions, duplications, splices between seeds, and insertions of
 //! separators (`:`, ` `, `\n`, `=`, `,`), digits, numbers that overflow `u32`/`u64`, `-`,
-//! escapes and non-ASCII text.
+//! escapes and non-ASCII text. The runner, `fuzz/src/shadow.rs`, is shared with the proxy's
+//! twin of this test, `proxy/tests/parsers_never_panic.rs`.
 //!
 //! A parser that panics, or breaks an invariant, fails the test with the target's name and
-//! the input in hex; a target that has not finished within [`DEADLINE`] (a hang) fails it
-//! with the input it is stuck on. Either way, add the input to the target's `extra` list
+//! the input in hex; a target that has not finished within `shadow::DEADLINE` (a hang) fails
+//! it with the input it is stuck on. Either way, add the input to the target's `extra` list
 //! below with a comment naming the bug, and fix the parser.
 
-#[path = "../../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/agent.rs"]
 mod harness;
+#[path = "../../fuzz/src/shadow.rs"]
+mod shadow;
 
-use std::collections::BTreeSet;
-use std::panic::{self, AssertUnwindSafe};
-use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
-use std::time::{Duration, Instant};
-
-/// Mutants per target.
-const MUTATIONS: usize = 4000;
-/// Mutants larger than this are cut back: beyond a few lines, size adds time, not coverage.
-const MAX_LEN: usize = 8 * 1024;
-/// How long one target may take before it counts as hung (generous: debug build, busy CI).
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A fuzz target as this test runs it.
-struct Target {
-    /// Name of the `fuzz_targets/` binary and of its seed directory.
-    name: &'static str,
-    /// The harness.
-    run: fn(&[u8]),
-    /// `fuzz/seeds/<name>/*`, embedded at compile time.
-    seeds: &'static [(&'static str, &'static [u8])],
-    /// Hand-picked edge cases and regression inputs, run as they are.
-    extra: &'static [&'static [u8]],
-}
+use shadow::{exercise, Target, AGENT_TARGETS};
 
 /// Embeds seed files: `seeds!("target": "file", …)`.
 macro_rules! seeds {
@@ -83,6 +62,7 @@ const PROCFS: Target = Target {
         b"1 2 3:4 / /\\ rw - - -",
         b"MemTotal: 18446744073709551615 kB\n:\n: 1\nSwapTotal:",
     ],
+    dictionary: &[],
 };
 
 const CGROUPFS: Target = Target {
@@ -132,6 +112,7 @@ const CGROUPFS: Target = Target {
         b"9223372036e854771712",
         b"inf 1\n1e308 1e-308\n+inf\n",
     ],
+    dictionary: &[],
 };
 
 const RUNTIME_STATE: Target = Target {
@@ -154,6 +135,7 @@ const RUNTIME_STATE: Target = Target {
         br#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox"},"hostname":"x"}"#,
         br#"{"annotations":{"lookout.id":"\u0130","io.kubernetes.pod.name":"p"}}"#,
     ],
+    dictionary: &[],
 };
 
 const HTTP_INPUTS: Target = Target {
@@ -177,6 +159,7 @@ const HTTP_INPUTS: Target = Target {
         b"collect[]=&exclude[]",
         b"collect%5B%5D=cpu&collect[]=cpu&=&&",
     ],
+    dictionary: &[],
 };
 
 const CONFIG: Target = Target {
@@ -189,6 +172,7 @@ const CONFIG: Target = Target {
         b"[tls]\ncert=''\nkey=''\nclient_ca=''\n[collection]\ncache_ttl='18446744073709551616s'",
         b"[tls]\ncert=''\nkey=''\nclient_ca=''\n[[discovery.cgroup_rules]]\nname=''\npattern='(?P<id>'",
     ],
+    dictionary: &[],
 };
 
 const NAMING: Target = Target {
@@ -215,6 +199,7 @@ const NAMING: Target = Target {
         b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nx",
         b"a_______________________________________b_c",
     ],
+    dictionary: &[],
 };
 
 const TARGETS: [&Target; 6] = [
@@ -225,269 +210,6 @@ const TARGETS: [&Target; 6] = [
     &CONFIG,
     &NAMING,
 ];
-
-/// Bytes worth inserting: the parsers' separators, boundary numbers, signs, escapes, and
-/// text that is whitespace to `str::trim` but not to `split_ascii_whitespace`.
-const TOKENS: &[&[u8]] = &[
-    b":",
-    b" ",
-    b"\n",
-    b"\t",
-    b"\r\n",
-    b"=",
-    b",",
-    b";",
-    b"&",
-    b"-",
-    b"-1",
-    b"0",
-    b"1",
-    b"7",
-    b"9",
-    b"1e308",
-    b"inf",
-    b"NaN",
-    b"max",
-    b"total=",
-    b"q=",
-    b" - ",
-    b"(",
-    b")",
-    b"\\",
-    b"\\040",
-    b"\\777",
-    b"\"",
-    b"{",
-    b"}",
-    b"[",
-    b"]",
-    b"\0",
-    b"\xff",
-    "é".as_bytes(),
-    "🦀".as_bytes(),
-    "\u{85}".as_bytes(),
-    "\u{2028}".as_bytes(),
-    "\u{3000}".as_bytes(),
-    "\u{feff}".as_bytes(),
-    "\u{130}".as_bytes(),
-];
-
-/// Numbers at the edges of `u32`, `u64` and the v1 "unlimited" sentinel, and past them.
-const HUGE_NUMBERS: &[&[u8]] = &[
-    b"4294967295",
-    b"4294967296",
-    b"4611686018427387904",
-    b"9223372036854771712",
-    b"18446744073709551615",
-    b"18446744073709551616",
-    b"99999999999999999999999999999999",
-];
-
-/// xorshift64: tiny, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform-ish in `0..n`; `n` must not be zero.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A position in `0..=len` (an insertion point or a cut).
-    fn at(&mut self, len: usize) -> usize {
-        self.below(len + 1)
-    }
-}
-
-/// Applies one random mutation to `data`; `seeds` feed splices.
-fn mutate(rng: &mut Rng, data: &mut Vec<u8>, seeds: &[(&str, &[u8])]) {
-    match rng.below(9) {
-        // Flip one bit.
-        0 if !data.is_empty() => {
-            let i = rng.below(data.len());
-            data[i] ^= 1 << rng.below(8);
-        }
-        // Overwrite a byte with anything.
-        1 if !data.is_empty() => {
-            let i = rng.below(data.len());
-            data[i] = rng.next() as u8;
-        }
-        // Truncate.
-        2 => {
-            let n = rng.at(data.len());
-            data.truncate(n);
-        }
-        // Delete a range.
-        3 if !data.is_empty() => {
-            let a = rng.below(data.len());
-            let b = a + rng.at((data.len() - a).min(32));
-            data.drain(a..b);
-        }
-        // Duplicate a range somewhere else.
-        4 if !data.is_empty() => {
-            let a = rng.below(data.len());
-            let b = a + rng.at((data.len() - a).min(64));
-            let chunk = data[a..b].to_vec();
-            let at = rng.at(data.len());
-            data.splice(at..at, chunk);
-        }
-        // Splice in a piece of another seed of the same target.
-        5 => {
-            let (_, other) = seeds[rng.below(seeds.len())];
-            if !other.is_empty() {
-                let a = rng.below(other.len());
-                let b = a + rng.at((other.len() - a).min(128));
-                let at = rng.at(data.len());
-                data.splice(at..at, other[a..b].iter().copied());
-            }
-        }
-        // Replace the number at a random place with an extreme one.
-        6 if !data.is_empty() => {
-            let start = rng.below(data.len());
-            let end = start
-                + data[start..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_digit())
-                    .count();
-            let huge = HUGE_NUMBERS[rng.below(HUGE_NUMBERS.len())];
-            data.splice(start..end, huge.iter().copied());
-        }
-        // Insert a token or a huge number (twice as likely as the others: it makes the
-        // interesting inputs).
-        _ => {
-            let token = match rng.below(TOKENS.len() + HUGE_NUMBERS.len()) {
-                i if i < TOKENS.len() => TOKENS[i],
-                i => HUGE_NUMBERS[i - TOKENS.len()],
-            };
-            let at = rng.at(data.len());
-            data.splice(at..at, token.iter().copied());
-        }
-    }
-    data.truncate(MAX_LEN);
-}
-
-/// Nesting depths of the [`nested`] inputs: past serde_json's (128) and toml's recursion
-/// limits, up to what fits in libFuzzer's default 4096-byte inputs.
-const NESTING: [usize; 3] = [100, 1000, 4000];
-
-/// Deeply nested JSON, TOML and parentheses: a recursive parser without a depth limit would
-/// overflow the stack, an abort no `catch_unwind` can turn into a test failure message, so
-/// every target gets these (a crashed test binary still fails the run).
-fn nested() -> impl Iterator<Item = Vec<u8>> {
-    NESTING.into_iter().flat_map(|d| {
-        [
-            format!("{}{}", "[".repeat(d), "]".repeat(d)),
-            format!("{}1{}", r#"{"a":"#.repeat(d), "}".repeat(d)),
-            format!("a = {}{}", "[".repeat(d), "]".repeat(d)),
-            format!("a = {}1{}", "{b = ".repeat(d), "}".repeat(d)),
-            format!("{}x{}", "(".repeat(d), ")".repeat(d)),
-        ]
-        .map(String::into_bytes)
-    })
-}
-
-/// Every input of a target, in order: seeds, extras, [`nested`] inputs, then mutants of the
-/// seeds (round-robin, one to four stacked mutations each). The PRNG seed depends only on the
-/// target's name.
-fn inputs(target: &Target) -> impl Iterator<Item = Vec<u8>> + '_ {
-    let seed = target.name.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut rng = Rng(seed | 1);
-    let plain = target
-        .seeds
-        .iter()
-        .map(|(_, s)| s.to_vec())
-        .chain(target.extra.iter().map(|e| e.to_vec()))
-        .chain(nested());
-    let mutants = (0..MUTATIONS).map(move |i| {
-        let (_, base) = target.seeds[i % target.seeds.len()];
-        let mut data = base.to_vec();
-        for _ in 0..=rng.below(4) {
-            mutate(&mut rng, &mut data, target.seeds);
-        }
-        data
-    });
-    plain.chain(mutants)
-}
-
-fn hex(data: &[u8]) -> String {
-    data.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
-
-/// Runs every input of `target` through its harness on a worker thread, and fails with the
-/// offending input (hex) on the first panic, or when the target overruns [`DEADLINE`].
-fn exercise(target: &'static Target) {
-    let current: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let worker = {
-        let current = Arc::clone(&current);
-        thread::Builder::new()
-            .name(format!("fuzz-shadow-{}", target.name))
-            .spawn(move || -> Result<usize, String> {
-                let mut count = 0;
-                for input in inputs(target) {
-                    input.clone_into(&mut current.lock().unwrap_or_else(PoisonError::into_inner));
-                    let outcome = panic::catch_unwind(AssertUnwindSafe(|| (target.run)(&input)));
-                    if let Err(payload) = outcome {
-                        return Err(format!(
-                            "{} panicked: {}\n  input ({} bytes, hex): {}\n  input (lossy): {:?}",
-                            target.name,
-                            panic_message(payload.as_ref()),
-                            input.len(),
-                            hex(&input),
-                            String::from_utf8_lossy(&input),
-                        ));
-                    }
-                    count += 1;
-                }
-                Ok(count)
-            })
-            .expect("spawn a worker thread")
-    };
-
-    let started = Instant::now();
-    while !worker.is_finished() {
-        if started.elapsed() > DEADLINE {
-            let stuck = current
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            panic!(
-                "{} did not return within {DEADLINE:?} (hang?)\n  last input ({} bytes, hex): {}",
-                target.name,
-                stuck.len(),
-                hex(&stuck),
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    match worker.join() {
-        Ok(Ok(count)) => {
-            let expected = target.seeds.len() + target.extra.len() + nested().count() + MUTATIONS;
-            assert_eq!(count, expected, "{}: every input ran", target.name);
-        }
-        Ok(Err(failure)) => panic!("{failure}"),
-        Err(payload) => panic!("worker died: {}", panic_message(payload.as_ref())),
-    }
-}
 
 #[test]
 fn procfs_parsers_never_panic() {
@@ -540,29 +262,11 @@ fn cpu_max_quota_is_finite_and_positive() {
 }
 
 /// The seed lists above and `fuzz/seeds/` hold the same files, so a seed added for the fuzzer
-/// is not silently left out here (and a listed one cannot go missing).
+/// is not silently left out here (and a listed one cannot go missing); every fuzz target is
+/// shadowed here or in the proxy's twin of this test.
 #[test]
 fn every_seed_file_is_embedded() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
-    let mut on_disk = BTreeSet::new();
-    for dir in std::fs::read_dir(&root).expect("fuzz/seeds is readable") {
-        let dir = dir.expect("seed directory entry").path();
-        let target = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("UTF-8 target name")
-            .to_string();
-        for file in std::fs::read_dir(&dir).expect("seed directory is readable") {
-            let file = file.expect("seed file entry").file_name();
-            let file = file.to_str().expect("UTF-8 seed name").to_string();
-            on_disk.insert(format!("{target}/{file}"));
-        }
-    }
-    let embedded: BTreeSet<String> = TARGETS
-        .iter()
-        .flat_map(|t| t.seeds.iter().map(|(f, _)| format!("{}/{f}", t.name)))
-        .collect();
-    assert_eq!(embedded, on_disk, "seed lists out of sync with fuzz/seeds/");
+    shadow::check_seed_lists(&TARGETS, &AGENT_TARGETS);
 }
 
 /// The seeds are real samples that the parsers accept, so mutants start deep in the happy
