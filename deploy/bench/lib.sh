@@ -404,6 +404,69 @@ runc_cleanup() {
   return 0
 }
 
+# --- lookout's own PKI and process helpers (proxy benchmark) --------------------------------
+
+# lookout_pki DIR: a throw-away PKI made with `lookout certs` (ECDSA P-256, valid 2 days) under
+# the file names gen_certs uses, so start_agent and agent_curl_args work unchanged:
+#   ca.pem                       the one CA (operator CA and tenant CA at once)
+#   agent.pem, agent-key.pem     agent listener (CN localhost, SAN IP:127.0.0.1)
+#   client.pem, client-key.pem   the proxies' client identity towards the agent (kind proxy)
+#   server.pem, server-key.pem   the listener of every proxy under test (SANs lookout.bench,
+#                                *.lookout.bench, localhost, 127.0.0.1)
+#   tenant.pem, tenant-key.pem   the tenant `bench`'s client certificate (CN = tenant)
+lookout_pki() {
+  local d=$1 p=$1/pki
+  (
+    set -e
+    "$LOOKOUT_BIN" certs ca --out "$p" --name "lookout bench CA" --days 2
+    "$LOOKOUT_BIN" certs issue --ca "$p" --kind agent --name localhost --san 127.0.0.1 --out "$p" --days 2
+    "$LOOKOUT_BIN" certs issue --ca "$p" --kind proxy --name bench-proxy --out "$p" --days 2
+    "$LOOKOUT_BIN" certs issue --ca "$p" --kind server --name lookout.bench --san lookout.bench \
+      --san '*.lookout.bench' --san localhost --san 127.0.0.1 --out "$p" --days 2
+    "$LOOKOUT_BIN" certs issue --ca "$p" --kind tenant --name bench --out "$p" --days 2
+    cp "$p/ca.pem" "$d/ca.pem"
+    cp "$p/agent-localhost.pem" "$d/agent.pem"
+    cp "$p/agent-localhost-key.pem" "$d/agent-key.pem"
+    cp "$p/proxy-bench-proxy.pem" "$d/client.pem"
+    cp "$p/proxy-bench-proxy-key.pem" "$d/client-key.pem"
+    cp "$p/server-lookout.bench.pem" "$d/server.pem"
+    cp "$p/server-lookout.bench-key.pem" "$d/server-key.pem"
+    cp "$p/tenant-bench.pem" "$d/tenant.pem"
+    cp "$p/tenant-bench-key.pem" "$d/tenant-key.pem"
+  ) >"$d/certs.log" 2>&1 || die "lookout certs failed: $(cat "$d/certs.log")"
+}
+
+# bg_start NAME CMD...: runs CMD in the background (stdin /dev/null, stdout and stderr to
+# $BENCH_TMP/NAME.log), records it in BENCH_PIDS for the EXIT trap, and sets BG_PID.
+bg_start() {
+  local name=$1
+  shift
+  "$@" </dev/null >>"$BENCH_TMP/$name.log" 2>&1 &
+  BG_PID=$!
+  BENCH_PIDS+=("$BG_PID")
+}
+
+# tree_ticks PID...: cpu_ticks summed over each PID and its direct children (nginx's master
+# and workers; a worker respawned mid-batch would lose its predecessor's ticks).
+tree_ticks() {
+  local total=0 p c
+  for p in "$@"; do
+    total=$((total + $(cpu_ticks "$p")))
+    for c in $(pgrep -P "$p" 2>/dev/null); do
+      total=$((total + $(cpu_ticks "$c" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+
+# tcp_active_opens: the host's TCP active opens (connect() calls that sent a SYN) so far,
+# from /proc/net/snmp. Every connection in this benchmark is on loopback, so a delta over a
+# batch counts the clients' connections plus any a proxy opened to its upstream.
+tcp_active_opens() {
+  awk '$1 == "Tcp:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "ActiveOpens") c = i; h = 1 }
+                      else { print $c; exit } }' /proc/net/snmp
+}
+
 # --- cleanup --------------------------------------------------------------------------------
 
 bench_cleanup() {
