@@ -1,8 +1,11 @@
 //! `lookout`: one binary, thin — argument parsing and wiring only. The logic lives in the
-//! `lookout-agent` and `lookout-proxy` libraries (`lookout certs` uses the proxy's `pki`).
+//! `lookout-agent` and `lookout-proxy` libraries (`lookout certs` uses the proxy's `pki`);
+//! [`dev`] composes both for `lookout dev`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod dev;
 
 use clap::{Parser, Subcommand};
 use lookout_agent::config::AgentConfig;
@@ -42,12 +45,20 @@ enum Command {
         #[arg(long)]
         check_config: bool,
     },
-    /// Run agent and proxy in one process with throw-away credentials (arrives with the
-    /// proxy).
+    /// Run agent and proxy in one process on this machine, with throw-away credentials and
+    /// a ready prometheus.yml (tenant `dev` owns every container without a tenant label).
     Dev {
-        /// Where to write credentials and prometheus.yml.
+        /// Where to write credentials, configurations and prometheus.yml (rewritten at each
+        /// start; a directory not made by `lookout dev` is refused).
         #[arg(long, default_value = "./lookout-dev")]
         dir: PathBuf,
+        /// The proxy's listener.
+        #[arg(long, default_value = "127.0.0.1:9163")]
+        listen: std::net::SocketAddr,
+        /// Another runc state root to watch (e.g. rootless runc's /run/user/1000/runc), in
+        /// addition to the agent's defaults. Repeatable.
+        #[arg(long = "runc-root")]
+        runc_roots: Vec<PathBuf>,
     },
     /// Create a CA, issue certificates, print key fingerprints.
     Certs {
@@ -144,13 +155,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Dev { .. } => {
-            eprintln!(
-                "lookout dev is not built yet (it arrives with the rest of the proxy work); meanwhile \
-                 run `lookout agent --config FILE` and `lookout proxy --config FILE` (see README.md)"
-            );
-            ExitCode::from(2)
-        }
+        Command::Dev {
+            dir,
+            listen,
+            runc_roots,
+        } => dev::run(dev::Options {
+            dir,
+            listen,
+            runc_roots,
+        }),
     }
 }
 

@@ -125,6 +125,11 @@ pub struct LabelKeys {
     /// annotations containerd and CRI-O write) as the tenant. Default true.
     #[serde(default = "yes")]
     pub tenant_from_kubernetes_namespace: bool,
+    /// Tenant owning every container that has no tenant from the keys above: for a node
+    /// given whole to one tenant, and for `lookout dev`. Default none: such containers are
+    /// unowned, visible to operators only.
+    #[serde(default)]
+    pub default_tenant: Option<String>,
 }
 
 /// Cost controls: how the agent protects the node it watches.
@@ -253,6 +258,7 @@ impl Default for LabelKeys {
             image: k_image(),
             id: k_id(),
             tenant_from_kubernetes_namespace: true,
+            default_tenant: None,
         }
     }
 }
@@ -343,6 +349,9 @@ impl AgentConfig {
             if let Err(e) = rule.compile() {
                 p.push(format!("discovery.cgroup_rules {:?}: {e}", rule.name));
             }
+        }
+        if self.labels.default_tenant.as_deref() == Some("") {
+            p.push("labels.default_tenant must not be empty (leave it out for none)".into());
         }
         let c = &self.collection;
         if c.max_concurrent == 0 {

@@ -68,6 +68,7 @@ pub fn from_discovered(d: Discovered, keys: &LabelKeys, node: &str) -> Option<Co
                 .then(|| first(K8S_NAMESPACE))
                 .flatten()
         })
+        .or(keys.default_tenant.as_deref().filter(|t| !t.is_empty()))
         .map(str::to_string);
     let alias = label(&keys.alias)
         .map(str::to_string)
@@ -190,5 +191,21 @@ mod tests {
         );
         assert_eq!(c.instance.alias, "host-in-container");
         assert!(lookout_discovery::is_dns_label(&c.instance.id));
+    }
+
+    #[test]
+    fn default_tenant_owns_only_the_unlabelled() {
+        let keys = LabelKeys {
+            default_tenant: Some("dev".into()),
+            ..LabelKeys::default()
+        };
+        let c = from_discovered(found(&[]), &keys, "n").expect("workload");
+        assert_eq!(c.instance.tenant.as_deref(), Some("dev"));
+        let c =
+            from_discovered(found(&[("lookout.tenant", "acme")]), &keys, "n").expect("workload");
+        assert_eq!(c.instance.tenant.as_deref(), Some("acme"));
+        let c = from_discovered(found(&[("io.kubernetes.pod.namespace", "ns")]), &keys, "n")
+            .expect("workload");
+        assert_eq!(c.instance.tenant.as_deref(), Some("ns"));
     }
 }

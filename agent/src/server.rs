@@ -198,6 +198,7 @@ impl Api {
 
     fn watch(&self) -> Response<Body> {
         let mut rx = self.registry.subscribe();
+        let node = self.node_id.clone();
         let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
         tokio::spawn(async move {
             let line = |ev: &InstanceEvent| {
@@ -208,6 +209,7 @@ impl Api {
             let mut last = rx.borrow_and_update().clone();
             if tx
                 .send(line(&InstanceEvent::Snapshot {
+                    node: Some(node),
                     instances: last.instances(),
                 }))
                 .await

@@ -487,7 +487,7 @@ impl Inner {
                 return Ok(());
             };
             match ev {
-                InstanceEvent::Snapshot { instances } => {
+                InstanceEvent::Snapshot { node, instances } => {
                     if instances.len() > MAX_INSTANCES_PER_AGENT {
                         return Err(StreamError::Protocol("snapshot exceeds the instance limit"));
                     }
@@ -496,8 +496,13 @@ impl Inner {
                         .filter(|i| valid(addr, i))
                         .map(|i| (i.id.clone(), i))
                         .collect();
-                    if let Some(first) = fresh.values().next() {
-                        slice.node = Some(first.node.clone());
+                    match node.filter(|n| crate::is_dns_label(n)) {
+                        Some(n) => slice.node = Some(n),
+                        None => {
+                            if let Some(first) = fresh.values().next() {
+                                slice.node = Some(first.node.clone());
+                            }
+                        }
                     }
                     slice.instances = fresh;
                     slice.connected = true;
@@ -727,7 +732,10 @@ mod tests {
         p.publish(&inner, &shared);
         assert!(!shared.ready(), "nothing published before a snapshot");
 
-        let snap = |v: Vec<Instance>| InstanceEvent::Snapshot { instances: v };
+        let snap = |v: Vec<Instance>| InstanceEvent::Snapshot {
+            node: None,
+            instances: v,
+        };
         inner
             .apply(&addr("a:1"), snap(vec![inst("x", "na"), inst("y", "na")]))
             .expect("apply");
@@ -766,6 +774,21 @@ mod tests {
         inner.apply(&addr("a:1"), snap(vec![])).expect("apply");
         p.publish(&inner, &shared);
         assert!(shared.load().nodes.contains_key("na"));
+
+        // An agent that names its node is known before it has any instance; a name that is
+        // not a DNS label is ignored.
+        let inner = with_agents(&["c:1", "d:1"]);
+        let named = |n: &str| InstanceEvent::Snapshot {
+            node: Some(n.into()),
+            instances: vec![],
+        };
+        inner
+            .apply(&addr("c:1"), named("empty-node"))
+            .expect("apply");
+        inner.apply(&addr("d:1"), named("Bad Name")).expect("apply");
+        let (inv, _, _) = inner.merge();
+        assert_eq!(inv.nodes.keys().collect::<Vec<_>>(), ["empty-node"]);
+        assert_eq!(inv.nodes["empty-node"].agent, "c:1");
     }
 
     #[test]
@@ -780,7 +803,13 @@ mod tests {
             .map(|n| inst(&format!("i{n}"), "na"))
             .collect();
         assert!(inner
-            .apply(&addr("a:1"), InstanceEvent::Snapshot { instances: many })
+            .apply(
+                &addr("a:1"),
+                InstanceEvent::Snapshot {
+                    node: None,
+                    instances: many
+                }
+            )
             .is_err());
     }
 
@@ -878,6 +907,7 @@ mod tests {
                 }
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let snapshot = serde_json::to_string(&InstanceEvent::Snapshot {
+                    node: None,
                     instances: vec![inst("quiet", "fake-node")],
                 })
                 .expect("json")

@@ -43,6 +43,10 @@ pub struct Instance {
 pub enum InstanceEvent {
     /// Every instance the node has right now.
     Snapshot {
+        /// The node (agent) sending the stream, so that a node with no instances is still
+        /// known (for its node view). Absent from agents that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
         /// The full list.
         instances: Vec<Instance>,
     },

@@ -290,14 +290,24 @@ fn from_token(header: &[u8], tenants: &Tenants) -> Result<Identity, IdentityErro
         .ok_or(IdentityError::UnknownToken)
 }
 
-/// The token of `Bearer <token>` (scheme case-insensitive, RFC 7235), or `None`. The token is
-/// one run of visible ASCII.
+/// The token of `Bearer <token>` (scheme case-insensitive, RFC 7235), or of a bare `<token>`,
+/// or `None`. The token is one run of visible ASCII.
+///
+/// A bare token is accepted because Prometheus 2.42's `http_sd_configs` sends
+/// `authorization: {credentials_file: …}` as `Authorization: <token>` when `type` is left out
+/// (its scrape configs do add `Bearer`); refusing it would break the documented configuration.
 pub fn bearer_token(header: &[u8]) -> Option<&[u8]> {
     let header = header.trim_ascii();
-    let (scheme, rest) = header.split_at(header.iter().position(|&b| b == b' ')?);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return None;
-    }
-    let token = rest.trim_ascii_start();
+    let token = match header.iter().position(|&b| b == b' ') {
+        Some(at) => {
+            let (scheme, rest) = header.split_at(at);
+            if !scheme.eq_ignore_ascii_case(b"bearer") {
+                return None;
+            }
+            rest.trim_ascii_start()
+        }
+        None if header.eq_ignore_ascii_case(b"bearer") => return None,
+        None => header,
+    };
     (!token.is_empty() && token.iter().all(|&b| b.is_ascii_graphic())).then_some(token)
 }

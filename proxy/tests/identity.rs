@@ -347,14 +347,13 @@ fn bearer_tokens() {
         auth(&w, &[], Some("Bearer wrong")),
         Err(IdentityError::UnknownToken)
     );
-    for bad in [
-        "Basic dXNlcjpwYXNz",
-        "Bearer",
-        "Bearer ",
-        "Bearer a b",
-        TOKEN,
-        "",
-    ] {
+    // Prometheus 2.42's http_sd_configs sends the bare token when `type` is left out.
+    assert_eq!(auth(&w, &[], Some(TOKEN)), who("dave", false, Via::Token));
+    assert_eq!(
+        auth(&w, &[], Some("wrong")),
+        Err(IdentityError::UnknownToken)
+    );
+    for bad in ["Basic dXNlcjpwYXNz", "Bearer", "bearer ", "Bearer a b", ""] {
         assert_eq!(
             auth(&w, &[], Some(bad)),
             Err(IdentityError::MalformedAuthorization),
