@@ -41,12 +41,21 @@
 //! # reload_interval = "5s"
 //!
 //! [limits]
-//! replicas = 1                         # proxy replicas sharing the tenants' rate limits
+//! replicas = 1                         # proxy replicas sharing the tenants' rate limits; with
+//!                                      # replicas_dns: the count until DNS first answers
 //! max_connections = 4096               # open client connections, beyond which new ones close
 //! handshake_timeout = "10s"            # TLS handshake bound
 //! header_read_timeout = "10s"          # request headers bound (HTTP/1.1)
 //! max_header_bytes = 16384             # request header bytes (at least 8192)
 //! source = { per_second = 50.0, burst = 200 }   # per source address, before authentication
+//!
+//! [limits.replicas_dns]                # optional: count the replicas in DNS instead
+//! name = "proxies.lookout.example.com"
+//! kind = "a"                           # "a" (default) / "aaaa": distinct addresses;
+//!                                      # "srv": distinct target:port pairs
+//! refresh = "30s"                      # default; sooner when the records' TTL is shorter
+//! server = "10.0.0.53:53"              # optional: ask this name server only (port 53 when
+//!                                      # omitted); default: the system's (/etc/resolv.conf)
 //! ```
 //!
 //! Durations are a number and a unit: `ms`, `s`, `m`, `h`.
@@ -55,6 +64,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lookout_discovery::agents::config::{check_dns_name, name_server};
+use lookout_discovery::agents::resolve::RecordKind;
 use lookout_discovery::agents::AgentsConfig;
 use serde::Deserialize;
 
@@ -155,6 +166,8 @@ impl UpstreamSection {
 /// `[inventory]`: which discovery source fills the inventory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "source", rename_all = "lowercase")]
+// Parsed once at start and held once: boxing the larger variant would save nothing real.
+#[allow(clippy::large_enum_variant)]
 pub enum InventoryConfig {
     /// Watch agents' instance streams ([`lookout_discovery::agents`]).
     Agents(AgentsConfig),
@@ -177,9 +190,14 @@ pub struct FileSourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Proxy replicas sharing the tenants' cluster-wide rate limits. Default 1.
+    /// Proxy replicas sharing the tenants' cluster-wide rate limits. Default 1. With
+    /// [`LimitsConfig::replicas_dns`], the count in force until DNS first answers.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// Learn the replica count from DNS, re-resolved periodically ([`crate::limit`]).
+    /// Default: none (`replicas` is fixed).
+    #[serde(default)]
+    pub replicas_dns: Option<ReplicasDnsConfig>,
     /// Most open client connections; more are closed at once. Default 4096.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -202,6 +220,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             replicas: 1,
+            replicas_dns: None,
             max_connections: default_max_connections(),
             handshake_timeout: ten_seconds(),
             header_read_timeout: ten_seconds(),
@@ -209,6 +228,27 @@ impl Default for LimitsConfig {
             source: default_source_rate(),
         }
     }
+}
+
+/// `[limits.replicas_dns]`: the proxy replicas are the distinct targets of one DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasDnsConfig {
+    /// The name listing every replica, e.g. `proxies.lookout.example.com` (A/AAAA) or
+    /// `_lookout-proxy._tcp.example.com` (SRV).
+    pub name: String,
+    /// `a` (default) or `aaaa`: one replica per distinct address; `srv`: one per distinct
+    /// target and port. A and AAAA are separate so that a dual-stack replica counts once.
+    #[serde(default = "default_replicas_kind")]
+    pub kind: RecordKind,
+    /// How often to re-resolve; sooner when the records' TTL is shorter (not more often than
+    /// every second). Default 30 s.
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// The one name server to ask (`ip` or `ip:port`, port 53 by default), for split-horizon
+    /// setups and tests. Default: the system's (`/etc/resolv.conf`).
+    #[serde(default, deserialize_with = "name_server::deserialize")]
+    pub server: Option<SocketAddr>,
 }
 
 /// Smallest `limits.max_header_bytes` (hyper's own floor for its read buffer).
@@ -225,6 +265,12 @@ fn ten_seconds() -> Duration {
 }
 fn five_seconds() -> Duration {
     Duration::from_secs(5)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_replicas_kind() -> RecordKind {
+    RecordKind::A
 }
 fn ninety_seconds() -> Duration {
     Duration::from_secs(90)
@@ -346,6 +392,17 @@ impl ProxyConfig {
         if l.replicas == 0 {
             p.push("limits.replicas must be at least 1".into());
         }
+        if let Some(dns) = &l.replicas_dns {
+            if let Err(e) = check_dns_name(&dns.name) {
+                p.push(format!("limits.replicas_dns.name: {e}"));
+            }
+            if dns.refresh.is_zero() {
+                p.push("limits.replicas_dns.refresh must be greater than zero".into());
+            }
+            if let Some(e) = dns.server.and_then(name_server::problem) {
+                p.push(format!("limits.replicas_dns.server: {e}"));
+            }
+        }
         if l.max_connections == 0 {
             p.push("limits.max_connections must be at least 1".into());
         }
@@ -406,6 +463,7 @@ path = "/inv.toml"
         assert_eq!(cfg.admin_listen, SocketAddr::from(([127, 0, 0, 1], 9165)));
         assert_eq!(cfg.sd_port(), 9163);
         assert_eq!(cfg.limits.replicas, 1);
+        assert_eq!(cfg.limits.replicas_dns, None);
         assert_eq!(cfg.upstream.scrape_timeout, Duration::from_secs(10));
         assert!(matches!(cfg.inventory, InventoryConfig::File(_)));
     }
@@ -430,6 +488,61 @@ path = "/inv.toml"
         let cfg = ProxyConfig::parse(text).expect("deploy/config/proxy.toml parses");
         assert!(matches!(cfg.inventory, InventoryConfig::Agents(_)));
         assert_eq!(cfg.limits.max_header_bytes, 16384);
+        assert_eq!(cfg.limits.replicas_dns, None);
+        // The commented-out [limits.replicas_dns] block parses once uncommented.
+        let (head, block) = text
+            .split_once("# [limits.replicas_dns]")
+            .expect("the example documents [limits.replicas_dns]");
+        let block: String = block
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        let cfg = ProxyConfig::parse(&format!("{head}[limits.replicas_dns]{block}"))
+            .expect("the replicas_dns example parses");
+        let dns = cfg.limits.replicas_dns.expect("replicas_dns");
+        assert_eq!(dns.kind, RecordKind::A);
+        assert_eq!(dns.server, Some(SocketAddr::from(([10, 0, 0, 53], 53))));
+    }
+
+    #[test]
+    fn replicas_from_dns() {
+        let with =
+            |table: &str| ProxyConfig::parse(&MINIMAL.replace("[tls]", &format!("{table}\n[tls]")));
+        let cfg =
+            with("[limits.replicas_dns]\nname = \"proxies.lookout.example.com\"").expect("parses");
+        let dns = cfg.limits.replicas_dns.as_ref().expect("replicas_dns");
+        assert_eq!(dns.kind, RecordKind::A);
+        assert_eq!(dns.refresh, Duration::from_secs(30));
+        assert_eq!(dns.server, None);
+        assert_eq!(cfg.limits.replicas, 1, "the count until DNS answers");
+
+        let cfg = with(
+            "[limits]\nreplicas = 3\n[limits.replicas_dns]\nname = \"_p._tcp.example.com.\"\n\
+             kind = \"srv\"\nrefresh = \"5s\"\nserver = \"127.0.0.1:5353\"",
+        )
+        .expect("parses");
+        let dns = cfg.limits.replicas_dns.as_ref().expect("replicas_dns");
+        assert_eq!(
+            (dns.kind, dns.refresh),
+            (RecordKind::Srv, Duration::from_secs(5))
+        );
+        assert_eq!(dns.server, Some(SocketAddr::from(([127, 0, 0, 1], 5353))));
+        assert_eq!(cfg.limits.replicas, 3);
+        let cfg =
+            with("[limits.replicas_dns]\nname = \"p.example\"\nkind = \"aaaa\"\nserver = \"::1\"")
+                .expect("parses");
+        let dns = cfg.limits.replicas_dns.as_ref().expect("replicas_dns");
+        assert_eq!(dns.kind, RecordKind::Aaaa);
+        assert_eq!(dns.server.map(|s| s.port()), Some(53));
+
+        for refused in [
+            "[limits.replicas_dns]\nname = \"p.example\"\nkind = \"mx\"",
+            "[limits.replicas_dns]\nname = \"p.example\"\nserver = \"ns1.example\"",
+            "[limits.replicas_dns]\nname = \"p.example\"\nrefesh = \"1s\"",
+            "[limits.replicas_dns]\nkind = \"a\"",
+        ] {
+            assert!(with(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]
@@ -438,7 +551,9 @@ path = "/inv.toml"
             .replace("lookout.example.com\"\ndns", "not a name\"\ndns")
             .replace(
                 "[tls]",
-                "[limits]\nreplicas = 0\nmax_header_bytes = 10\n[tls]",
+                "[limits]\nreplicas = 0\nmax_header_bytes = 10\n\
+                 [limits.replicas_dns]\nname = \"bad name\"\nrefresh = \"0s\"\n\
+                 server = \"0.0.0.0\"\n[tls]",
             );
         let cfg = ProxyConfig::parse(&bad).expect("parses");
         let p = cfg.problems();
@@ -449,5 +564,8 @@ path = "/inv.toml"
         assert!(has("inventory.path"), "{p:?}");
         assert!(has("limits.replicas"), "{p:?}");
         assert!(has("limits.max_header_bytes"), "{p:?}");
+        assert!(has("limits.replicas_dns.name"), "{p:?}");
+        assert!(has("limits.replicas_dns.refresh"), "{p:?}");
+        assert!(has("limits.replicas_dns.server"), "{p:?}");
     }
 }

@@ -20,8 +20,10 @@
 //! - [`refusal`]: the one place that maps these refusals to HTTP statuses;
 //! - [`upstream`]: the pooled mTLS client to agents.
 //!
-//! **Not built yet**: learning the replica count from DNS (it is configured), and agent
-//! addresses from DNS per node (the inventory carries them).
+//! The replica count that divides the tenant limits is configured or learned from DNS
+//! ([`limit::follow_replicas_dns`]: A/AAAA addresses or SRV targets of one name; a failed
+//! lookup keeps the last count). **Not built yet**: agent addresses from DNS per node (the
+//! inventory carries them).
 
 pub mod config;
 mod der;

@@ -11,8 +11,16 @@
 //! replica, so it protects each replica on its own. IPv6 sources are keyed by their /64,
 //! since one host commonly holds a whole /64.
 //!
+//! The replica count is configured (`[limits] replicas`) or read from DNS
+//! ([`follow_replicas_dns`], `[limits.replicas_dns]`): the distinct A or AAAA addresses, or
+//! SRV targets, of one name, re-resolved every `refresh` and no later than the records' TTL.
+//! A failed lookup, or an answer listing nothing, keeps the last count in force — a DNS outage
+//! must not silently turn every replica into one allowing the whole cluster's rate — and is
+//! logged and counted (`lookout_proxy_replicas_dns_failures_total`);
+//! `lookout_proxy_replicas` shows the count in force.
+//!
 //! Clocks are injected (governor's `Clock`), so tests use `FakeRelativeClock`. Not here: the
-//! 429 response itself, and learning the replica count (inventory or DNS).
+//! 429 response itself.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,8 +33,17 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use lookout_discovery::agents::resolve::{next_refresh, HickoryResolver, Targets};
+use tokio::sync::watch;
 
+use crate::config::ReplicasDnsConfig;
+use crate::telemetry::Telemetry;
 use crate::tenants::RateLimit;
+
+/// Bound on one replica-count lookup.
+pub const REPLICAS_DNS_TIMEOUT: Duration = Duration::from_secs(15);
+/// Delay before retrying a failed replica-count lookup (`refresh` when that is shorter).
+pub const REPLICAS_DNS_RETRY: Duration = Duration::from_secs(5);
 
 /// Over the limit: try again after this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -184,6 +201,64 @@ fn build_state<C: Clock + Clone>(config: &LimitConfig, clock: &C) -> TenantState
                 (t.clone(), limiter)
             })
             .collect(),
+    }
+}
+
+/// The replica count a DNS answer gives: its number of distinct targets. An answer listing
+/// none is an error, so that the count never falls to 1 because DNS said nothing.
+pub fn replicas_in(answer: &Targets) -> Result<u32, String> {
+    match answer.targets.len() {
+        0 => Err("the answer lists no replicas".to_string()),
+        n => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+    }
+}
+
+/// Keeps `limiter`'s replica count at what `dns` lists, asking `resolver`, until `shutdown`
+/// changes: resolves at once, then every `dns.refresh` or sooner when the records' TTL is
+/// shorter (at most once a second). A failure or an empty answer keeps the count in force,
+/// is logged and counted, and is retried after [`REPLICAS_DNS_RETRY`] (or `refresh`, if
+/// shorter). `telemetry.replicas` follows every answer.
+pub async fn follow_replicas_dns<C: Clock + Clone>(
+    limiter: &TenantLimiter<C>,
+    resolver: &HickoryResolver,
+    dns: &ReplicasDnsConfig,
+    telemetry: &Telemetry,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let lookup = tokio::time::timeout(
+            REPLICAS_DNS_TIMEOUT,
+            resolver.targets(&dns.name, dns.kind, dns.server),
+        );
+        let answer = tokio::select! {
+            r = lookup => r.unwrap_or_else(|_| Err(format!("timed out after {REPLICAS_DNS_TIMEOUT:?}"))),
+            _ = shutdown.changed() => return,
+        };
+        let wait = match answer.and_then(|a| Ok((replicas_in(&a)?, a.ttl))) {
+            Ok((replicas, ttl)) => {
+                let before = limiter.replicas();
+                if replicas != before {
+                    limiter.set_replicas(replicas);
+                    tracing::info!(name = %dns.name, before, replicas, "replica count changed");
+                }
+                telemetry.replicas.set(i64::from(limiter.replicas()));
+                next_refresh(dns.refresh, ttl)
+            }
+            Err(error) => {
+                telemetry.replicas_dns_failures.inc();
+                tracing::warn!(
+                    name = %dns.name,
+                    %error,
+                    keeping = limiter.replicas(),
+                    "replica count lookup failed; keeping the last count"
+                );
+                dns.refresh.min(REPLICAS_DNS_RETRY)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

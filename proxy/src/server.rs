@@ -12,6 +12,8 @@
 //! - **Bounds**: at most `limits.max_connections` open connections (more are closed at once),
 //!   a TLS handshake deadline, a request-header deadline and size bound (hyper answers 431 to
 //!   oversized headers).
+//! - **Replicas**: with `[limits.replicas_dns]`, the tenant limits follow the replica count
+//!   DNS lists ([`crate::limit::follow_replicas_dns`]).
 //! - **Requests** are handled by [`handler`] (the order of checks is documented there).
 //! - **Admin listener**: plain HTTP (keep it on loopback): `GET /metrics` (OpenMetrics text of
 //!   [`crate::telemetry::Telemetry`]) and `GET /healthz`.
@@ -28,6 +30,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lookout_discovery::agents::HickoryResolver;
 use lookout_discovery::Shared;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -231,6 +234,9 @@ pub enum StartError {
     /// The inventory source could not be built.
     #[error("inventory: {0}")]
     Inventory(String),
+    /// The resolver for `limits.replicas_dns` could not be built.
+    #[error("limits.replicas_dns: {0}")]
+    ReplicasDns(String),
     /// Cannot listen.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -264,6 +270,13 @@ impl Proxy {
         let tls = Arc::new(ReloadingTls::new(config.tls.clone())?);
         let tenants = Arc::new(ReloadingTenants::new(config.tenants_file.clone())?);
         let upstream = Upstream::new(&config.upstream.upstream_config())?;
+        let replicas_dns = match &config.limits.replicas_dns {
+            Some(dns) => Some((
+                dns.clone(),
+                HickoryResolver::new(dns.server).map_err(StartError::ReplicasDns)?,
+            )),
+            None => None,
+        };
         let telemetry = Arc::new(Telemetry::new());
         let inventory = Shared::new();
         let (shutdown, rx) = watch::channel(false);
@@ -328,6 +341,16 @@ impl Proxy {
             rx.clone(),
         ));
         tasks.spawn(housekeeping(Arc::clone(&state), rx.clone()));
+        telemetry
+            .replicas
+            .set(i64::from(state.tenant_limits.replicas()));
+        if let Some((dns, resolver)) = replicas_dns {
+            let (state, rx) = (Arc::clone(&state), rx.clone());
+            tasks.spawn(async move {
+                let (limits, telemetry) = (&state.tenant_limits, &state.telemetry);
+                crate::limit::follow_replicas_dns(limits, &resolver, &dns, telemetry, rx).await;
+            });
+        }
         tasks.spawn(serve(listener, state, config.limits.clone(), rx.clone()));
         tasks.spawn(serve_admin(
             admin,

@@ -84,6 +84,10 @@ pub struct Telemetry {
     pub inventory_age_seconds: Gauge<f64, AtomicU64>,
     /// 1 when the inventory source's last attempt succeeded, else 0.
     pub inventory_source_up: Gauge,
+    /// Replicas this proxy assumes share the tenants' limits (configured or from DNS).
+    pub replicas: Gauge,
+    /// Replica-count DNS lookups that failed or listed nothing (the last count stays).
+    pub replicas_dns_failures: Counter,
 }
 
 impl Telemetry {
@@ -170,6 +174,18 @@ impl Telemetry {
             "1 when the inventory source's last attempt succeeded, else 0",
             inventory_source_up.clone(),
         );
+        let replicas = Gauge::default();
+        registry.register(
+            "replicas",
+            "Proxy replicas assumed to share the tenants' cluster-wide rate limits",
+            replicas.clone(),
+        );
+        let replicas_dns_failures = Counter::default();
+        registry.register(
+            "replicas_dns_failures",
+            "Replica-count DNS lookups that failed or listed nothing; the last count stays",
+            replicas_dns_failures.clone(),
+        );
         Telemetry {
             registry,
             requests,
@@ -185,6 +201,8 @@ impl Telemetry {
             inventory_nodes,
             inventory_age_seconds,
             inventory_source_up,
+            replicas,
+            replicas_dns_failures,
         }
     }
 

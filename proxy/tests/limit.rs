@@ -1,12 +1,13 @@
 //! Rate limits on a fake clock: bursts, refill, overrides, the per-replica share and the
-//! per-source limit. No sleeps.
+//! per-source limit. No sleeps. (The replica count read from a real DNS server: `dns.rs`.)
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
-use lookout_proxy::limit::{source_key, RetryAfter, SourceLimiter, TenantLimiter};
+use lookout_discovery::agents::resolve::Targets;
+use lookout_proxy::limit::{replicas_in, source_key, RetryAfter, SourceLimiter, TenantLimiter};
 use lookout_proxy::tenants::RateLimit;
 
 fn rl(per_second: f64, burst: u32) -> RateLimit {
@@ -78,6 +79,21 @@ fn each_replica_enforces_its_share_and_the_count_is_updatable() {
     // A burst smaller than the replica count still allows one request.
     let l = TenantLimiter::with_clock(rl(1.0, 1), BTreeMap::new(), 5, clock);
     assert_eq!(passes(|| l.check("t")), 1);
+}
+
+#[test]
+fn a_dns_answer_counts_its_distinct_targets_and_an_empty_one_is_an_error() {
+    let answer = |targets: &[&str]| Targets {
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        ttl: None,
+    };
+    assert_eq!(
+        replicas_in(&answer(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])),
+        Ok(3)
+    );
+    assert_eq!(replicas_in(&answer(&["p1.example:9163"])), Ok(1));
+    // Nothing listed must not read as "1 replica" (each would then allow the whole rate).
+    assert!(replicas_in(&answer(&[])).is_err());
 }
 
 #[test]

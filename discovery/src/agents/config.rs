@@ -12,6 +12,8 @@
 //! kind = "srv"                  # "srv" (target + port, default) or "a" (A/AAAA + `port`)
 //! port = 9164                   # for kind = "a" only
 //! refresh = "30s"               # default 30s; sooner when the records' TTL is shorter
+//! # server = "10.0.0.53:53"     # ask this name server only (port 53 when omitted);
+//! #                             # default: the system's (/etc/resolv.conf)
 //!
 //! [tls]
 //! cert = "/etc/lookout/proxy.pem"      # the proxy's client certificate (operator CA)
@@ -23,6 +25,7 @@
 //! Durations are written as a number and a unit: `ms`, `s`, `m` or `h` (`"1.5s"` works).
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -117,6 +120,10 @@ pub struct DnsConfig {
     /// How often to re-resolve; sooner when the records' TTL is shorter. Default 30 s.
     #[serde(default = "default_dns_refresh", with = "humantime_serde")]
     pub refresh: Duration,
+    /// The one name server to ask (`ip` or `ip:port`, port 53 by default), for split-horizon
+    /// setups and tests. Default: the system's (`/etc/resolv.conf`).
+    #[serde(default, deserialize_with = "name_server::deserialize")]
+    pub server: Option<SocketAddr>,
 }
 
 /// Which DNS records list the agents.
@@ -143,8 +150,11 @@ impl AgentsConfig {
             p.push("no agents: list some in `agents` or configure `dns`".to_string());
         }
         if let Some(dns) = &self.dns {
-            if dns.name.trim().is_empty() {
-                p.push("dns.name is empty".to_string());
+            if let Err(e) = check_dns_name(&dns.name) {
+                p.push(format!("dns.name: {e}"));
+            }
+            if let Some(e) = dns.server.and_then(name_server::problem) {
+                p.push(format!("dns.server: {e}"));
             }
             if dns.kind == DnsKind::A && dns.port.is_none_or(|p| p == 0) {
                 p.push("dns.kind = \"a\" needs a non-zero dns.port".to_string());
@@ -173,6 +183,60 @@ impl AgentsConfig {
             p.push("backoff.min is larger than backoff.max".to_string());
         }
         p
+    }
+}
+
+/// Why `name` cannot be looked up in DNS: empty, whitespace, a label empty or over 63
+/// characters, the name over 253, or characters other than letters, digits, `-` and `_`
+/// (SRV names start their labels with `_`). One trailing dot (a fully qualified name) is fine.
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return Err("empty".to_string());
+    }
+    if bare.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    for label in bare.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(format!("{name:?} is not a DNS name (label {label:?})"));
+        }
+    }
+    Ok(())
+}
+
+/// A name server's address in configuration: `ip:port`, `[ipv6]:port`, or an IP address alone
+/// (port 53).
+pub mod name_server {
+    use super::*;
+
+    /// Parses `ip`, `ip:port` or `[ipv6]:port`.
+    pub fn parse(s: &str) -> Result<SocketAddr, String> {
+        s.parse::<SocketAddr>()
+            .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map_err(|_| format!("name server {s:?}: want an IP address, optionally with :port"))
+    }
+
+    /// What is wrong with a parsed address: port 0, or an unspecified address (`0.0.0.0`,
+    /// `::`), neither of which names a server.
+    pub fn problem(addr: SocketAddr) -> Option<String> {
+        if addr.port() == 0 {
+            Some(format!("{addr}: port 0"))
+        } else if addr.ip().is_unspecified() {
+            Some(format!("{addr}: unspecified address"))
+        } else {
+            None
+        }
+    }
+
+    /// `#[serde(default, deserialize_with = "…")]` for an `Option<SocketAddr>`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map(Some).map_err(serde::de::Error::custom)
     }
 }
 
@@ -285,7 +349,55 @@ mod tests {
         assert_eq!(c.backoff.max, Duration::from_secs(90));
         let dns = c.dns.as_ref().expect("dns");
         assert_eq!((dns.kind, dns.port), (DnsKind::A, Some(9164)));
+        assert_eq!(dns.server, None);
         assert!(c.problems().is_empty(), "{:?}", c.problems());
+    }
+
+    #[test]
+    fn dns_server_forms_and_refusals() {
+        let parse = |server: &str| {
+            AgentsConfig::parse(&format!(
+                "[dns]\nname = \"_lookout._tcp.example.\"\nserver = \"{server}\"\n{TLS}"
+            ))
+        };
+        let server = |s: &str| parse(s).expect("parses").dns.expect("dns").server;
+        assert_eq!(
+            server("127.0.0.1:5353"),
+            Some("127.0.0.1:5353".parse().expect("addr"))
+        );
+        assert_eq!(
+            server("10.0.0.53"),
+            Some("10.0.0.53:53".parse().expect("addr"))
+        );
+        assert_eq!(
+            server("[::1]:5353"),
+            Some("[::1]:5353".parse().expect("addr"))
+        );
+        assert_eq!(server("::1"), Some("[::1]:53".parse().expect("addr")));
+        assert!(
+            parse("ns1.example.net").is_err(),
+            "a name server is an address"
+        );
+        assert!(parse("127.0.0.1:99999").is_err());
+        let c = parse("0.0.0.0:0").expect("parses");
+        assert_eq!(c.problems().len(), 1, "{:?}", c.problems());
+        assert!(c.problems()[0].contains("dns.server"), "{:?}", c.problems());
+    }
+
+    #[test]
+    fn dns_names_are_checked() {
+        for good in [
+            "a",
+            "_lookout._tcp.example.net",
+            "proxies.example.net.",
+            "x-1.y_2",
+        ] {
+            assert_eq!(check_dns_name(good), Ok(()), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", ".", "a..b", "has space.example", "a/b", long.as_str()] {
+            assert!(check_dns_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,15 +1,26 @@
 //! Finding agents through DNS, behind a small trait so the watcher can be driven by a fixed
 //! answer in tests ([`StaticResolver`]) and by hickory-resolver in production
 //! ([`HickoryResolver`]).
+//!
+//! [`HickoryResolver`] also answers plain questions ([`HickoryResolver::targets`]: the
+//! distinct SRV targets, A or AAAA addresses of a name), which is how the proxy counts its
+//! replicas. Either way a name server can be named explicitly (`server`, for split-horizon
+//! setups and tests); otherwise the system's (`/etc/resolv.conf`) is asked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
+use serde::Deserialize;
 
 use super::config::{AgentAddr, DnsConfig, DnsKind};
 
@@ -35,21 +46,147 @@ pub trait Resolve: Send + Sync + 'static {
     fn resolve<'a>(&'a self, dns: &'a DnsConfig) -> ResolveFuture<'a>;
 }
 
-/// The production resolver: hickory-resolver with the system configuration
-/// (`/etc/resolv.conf`), caching answers by TTL.
+/// Which records [`HickoryResolver::targets`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// SRV records: one target per distinct target host and port.
+    Srv,
+    /// A records: one target per distinct IPv4 address.
+    A,
+    /// AAAA records: one target per distinct IPv6 address.
+    Aaaa,
+}
+
+/// The distinct targets one name lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets {
+    /// SRV targets as `host:port` (host without the trailing dot), or addresses.
+    pub targets: BTreeSet<String>,
+    /// Smallest TTL of the records, when there were any.
+    pub ttl: Option<Duration>,
+}
+
+/// The production resolver: hickory-resolver, caching answers by TTL. It asks the system's
+/// name servers (`/etc/resolv.conf`) unless a question names its own server; a resolver per
+/// such server is built on first use and kept.
 pub struct HickoryResolver {
-    inner: TokioResolver,
+    /// The resolver for questions that name no server (or name `server`).
+    default: TokioResolver,
+    /// The server `default` asks, when it is not the system's.
+    server: Option<SocketAddr>,
+    /// Resolvers for other explicitly named servers.
+    others: Mutex<BTreeMap<SocketAddr, TokioResolver>>,
 }
 
 impl HickoryResolver {
     /// A resolver configured from the system (`/etc/resolv.conf`).
     pub fn from_system() -> Result<HickoryResolver, String> {
-        let inner = TokioResolver::builder_tokio()
+        let default = TokioResolver::builder_tokio()
             .map_err(|e| format!("DNS configuration: {e}"))?
             .build()
             .map_err(|e| format!("DNS resolver: {e}"))?;
-        Ok(HickoryResolver { inner })
+        Ok(HickoryResolver {
+            default,
+            server: None,
+            others: Mutex::default(),
+        })
     }
+
+    /// A resolver that asks `server` only (UDP, then TCP for truncated answers), or the
+    /// system's name servers when `None`. With a server, neither `/etc/resolv.conf` nor
+    /// `/etc/hosts` is read.
+    pub fn new(server: Option<SocketAddr>) -> Result<HickoryResolver, String> {
+        let Some(server) = server else {
+            return HickoryResolver::from_system();
+        };
+        Ok(HickoryResolver {
+            default: for_server(server)?,
+            server: Some(server),
+            others: Mutex::default(),
+        })
+    }
+
+    /// The resolver that asks `server` (the default one for `None`).
+    fn pick(&self, server: Option<SocketAddr>) -> Result<TokioResolver, String> {
+        match server {
+            None => Ok(self.default.clone()),
+            Some(s) if Some(s) == self.server => Ok(self.default.clone()),
+            Some(s) => {
+                let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(r) = others.get(&s) {
+                    return Ok(r.clone());
+                }
+                let r = for_server(s)?;
+                others.insert(s, r.clone());
+                Ok(r)
+            }
+        }
+    }
+
+    /// The distinct targets `name` lists in `kind` records, asking `server` (or the default
+    /// name servers). A name with no such records (NXDOMAIN, or an empty answer) is an error,
+    /// as is a failure to get an answer; SRV records whose target is `.` ("not available") or
+    /// whose port is 0 are skipped.
+    pub async fn targets(
+        &self,
+        name: &str,
+        kind: RecordKind,
+        server: Option<SocketAddr>,
+    ) -> Result<Targets, String> {
+        let resolver = self.pick(server)?;
+        let rtype = match kind {
+            RecordKind::Srv => RecordType::SRV,
+            RecordKind::A => RecordType::A,
+            RecordKind::Aaaa => RecordType::AAAA,
+        };
+        let lookup = resolver
+            .lookup(name, rtype)
+            .await
+            .map_err(|e| format!("{rtype} {name}: {e}"))?;
+        let mut out = Targets::default();
+        for r in lookup.answers() {
+            let target = match (&r.data, kind) {
+                // A target of "." means "decidedly not available".
+                (RData::SRV(srv), RecordKind::Srv) if !srv.target.is_root() && srv.port != 0 => {
+                    let host = srv.target.to_ascii();
+                    format!("{}:{}", host.trim_end_matches('.'), srv.port)
+                }
+                (RData::A(a), RecordKind::A) => a.0.to_string(),
+                (RData::AAAA(a), RecordKind::Aaaa) => a.0.to_string(),
+                _ => continue,
+            };
+            let ttl = Duration::from_secs(u64::from(r.ttl));
+            out.ttl = Some(out.ttl.map_or(ttl, |t| t.min(ttl)));
+            out.targets.insert(target);
+        }
+        Ok(out)
+    }
+}
+
+/// A resolver asking `server` only, ignoring `/etc/hosts`.
+fn for_server(server: SocketAddr) -> Result<TokioResolver, String> {
+    let connection = |mut c: ConnectionConfig| {
+        c.port = server.port();
+        c
+    };
+    let ns = NameServerConfig::new(
+        server.ip(),
+        true,
+        vec![
+            connection(ConnectionConfig::udp()),
+            connection(ConnectionConfig::tcp()),
+        ],
+    );
+    let mut opts = ResolverOpts::default();
+    opts.use_hosts_file = ResolveHosts::Never;
+    TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .build()
+    .map_err(|e| format!("DNS resolver for {server}: {e}"))
 }
 
 impl Resolve for HickoryResolver {
@@ -57,10 +194,10 @@ impl Resolve for HickoryResolver {
         Box::pin(async move {
             let mut out = Resolved::default();
             let mut ttl: Option<u32> = None;
+            let resolver = self.pick(dns.server)?;
             match dns.kind {
                 DnsKind::Srv => {
-                    let lookup = self
-                        .inner
+                    let lookup = resolver
                         .srv_lookup(dns.name.as_str())
                         .await
                         .map_err(|e| format!("SRV {}: {e}", dns.name))?;
@@ -80,8 +217,7 @@ impl Resolve for HickoryResolver {
                     let port = dns
                         .port
                         .ok_or_else(|| "dns.kind = \"a\" needs dns.port".to_string())?;
-                    let lookup = self
-                        .inner
+                    let lookup = resolver
                         .lookup_ip(dns.name.as_str())
                         .await
                         .map_err(|e| format!("A/AAAA {}: {e}", dns.name))?;
@@ -190,11 +326,12 @@ mod tests {
             kind: DnsKind::Srv,
             port: None,
             refresh: Duration::from_secs(30),
+            server: None,
         }
     }
 
-    /// The set-diff logic, driven by the static resolver: the real hickory resolver cannot be
-    /// exercised here without a DNS server (tests have no external DNS).
+    /// The set-diff logic, driven by the static resolver (the real hickory resolver is tested
+    /// against dnsmasq in `proxy/tests/dns.rs`).
     #[tokio::test]
     async fn static_answers_drive_adds_and_removes() {
         let r = StaticResolver::new([a("n1:9164"), a("n2:9164")]);

@@ -1,0 +1,585 @@
+//! The hickory-resolver paths against a real DNS server: Debian's dnsmasq, started by each
+//! test on 127.0.0.1 with a free port and killed when the test ends (even on failure).
+//!
+//! - The proxy's replica count follows DNS: a tenant's burst is divided by the number of
+//!   addresses the name lists, changes when the answer changes, refreshes by the records' TTL
+//!   when `refresh` is longer, and survives an empty answer and a DNS outage.
+//! - The `agents` discovery source resolves SRV and A records with an explicitly named server
+//!   (`[inventory.dns] server`), directly and through its watcher.
+//!
+//! Needs dnsmasq (Debian package `dnsmasq-base`, installed by `deploy/test.sh`); the tests
+//! fail loudly when it is missing. All traffic stays on 127.0.0.1: answers name loopback
+//! addresses, or `localhost` for SRV targets nothing connects to.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use lookout_discovery::agents::resolve::RecordKind;
+use lookout_discovery::agents::{
+    AgentAddr, AgentsConfig, DnsConfig, DnsKind, HickoryResolver, Resolve, Watcher, DNS_TIMEOUT,
+};
+use lookout_proxy::config::ProxyConfig;
+use lookout_proxy::limit::REPLICAS_DNS_TIMEOUT;
+use lookout_proxy::server::Proxy;
+use lookout_proxy::tenants::hex;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+/// Bound on every wait for something DNS-driven to show.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A dnsmasq serving `--host-record`/`--srv-host` records from its command line and A/AAAA
+/// records from a hosts file it re-reads on SIGHUP. Killed on drop.
+struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+    hosts: PathBuf,
+    _dir: TempDir,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with `hosts` as its hosts file and `args` added; waits until it listens.
+    fn start(hosts: &str, args: &[&str]) -> Dnsmasq {
+        assert!(
+            Path::new(DNSMASQ).exists(),
+            "{DNSMASQ} is missing: install the Debian package dnsmasq-base (deploy/test.sh does)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("lookout-dns-")
+            .tempdir()
+            .expect("tempdir");
+        let hosts_path = dir.path().join("hosts");
+        std::fs::write(&hosts_path, hosts).expect("write hosts");
+        let mut last_error = String::new();
+        // A free port can be taken between probing and dnsmasq binding it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(DNSMASQ)
+                .args([
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--conf-file=/dev/null",
+                    "--keep-in-foreground",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--pid-file",
+                    // Stay root when run as root: `nobody` could not re-read the hosts file in
+                    // this private directory on SIGHUP. Ignored when not root.
+                    "--user=root",
+                    "--log-facility=-",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!("--addn-hosts={}", hosts_path.display()))
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {DNSMASQ}: {e}"));
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(status) = child.try_wait().expect("dnsmasq status") {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    last_error = format!("dnsmasq exited ({status}): {err}");
+                    break;
+                }
+                // dnsmasq binds UDP and TCP before it serves; TCP accepting is the signal.
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    return Dnsmasq {
+                        child,
+                        addr,
+                        hosts: hosts_path,
+                        _dir: dir,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("dnsmasq did not listen on {addr} within {WAIT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("dnsmasq would not start: {last_error}");
+    }
+
+    /// Replaces the hosts file and makes dnsmasq re-read it (SIGHUP).
+    fn set_hosts(&self, hosts: &str) {
+        std::fs::write(&self.hosts, hosts).expect("write hosts");
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP dnsmasq: {status}");
+    }
+
+    /// Kills dnsmasq: from now on nothing answers at its address.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 when probed.
+fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("udp addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Polls `check` until it is true, or panics after [`WAIT`] saying `what`.
+async fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    wait_within(WAIT, what, check).await;
+}
+
+/// Polls `check` until it is true, or panics after `bound` saying `what`.
+async fn wait_within(bound: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < bound, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn set<const N: usize>(items: [&str; N]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+// --- the agents source ------------------------------------------------------------------
+
+const SRV: &str = "_lookout._tcp.lookout.test";
+const AGENT_HOSTS: &str = "127.0.0.2 agents.lookout.test\n127.0.0.3 agents.lookout.test\n\
+                           ::2 agents.lookout.test\n";
+
+fn agents_dnsmasq() -> Dnsmasq {
+    Dnsmasq::start(
+        AGENT_HOSTS,
+        &[
+            &format!("--srv-host={SRV},localhost,19001,0,10"),
+            &format!("--srv-host={SRV},localhost,19002,1,10"),
+            // "." as target: the service is decidedly not available there.
+            "--srv-host=_none._tcp.lookout.test",
+        ],
+    )
+}
+
+fn agents_dns(kind: DnsKind, name: &str, port: Option<u16>, server: SocketAddr) -> DnsConfig {
+    DnsConfig {
+        name: name.into(),
+        kind,
+        port,
+        refresh: Duration::from_secs(30),
+        server: Some(server),
+    }
+}
+
+#[tokio::test]
+async fn hickory_with_an_explicit_server_resolves_srv_and_a_for_agents() {
+    let dns = agents_dnsmasq();
+    let resolver = HickoryResolver::new(Some(dns.addr)).expect("resolver");
+
+    let srv = agents_dns(DnsKind::Srv, SRV, None, dns.addr);
+    let got = resolver.resolve(&srv).await.expect("SRV answer");
+    let want: BTreeSet<AgentAddr> = [
+        AgentAddr::new("localhost", 19001),
+        AgentAddr::new("localhost", 19002),
+    ]
+    .into();
+    assert_eq!(got.agents, want);
+    // dnsmasq answers local records with TTL 0 (--local-ttl).
+    assert_eq!(got.ttl, Some(Duration::ZERO));
+
+    let a = agents_dns(DnsKind::A, "agents.lookout.test", Some(9164), dns.addr);
+    let got = resolver.resolve(&a).await.expect("A answer");
+    let hosts: BTreeSet<String> = got.agents.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        hosts,
+        set(["127.0.0.2:9164", "127.0.0.3:9164", "[::2]:9164"]),
+        "A and AAAA records, at the configured port"
+    );
+
+    // The resolver the watcher builds (`from_system`) asks the server the config names.
+    let system = HickoryResolver::from_system().expect("system resolver");
+    let got = system
+        .resolve(&srv)
+        .await
+        .expect("SRV via the named server");
+    assert_eq!(got.agents, want);
+
+    // Unknown names and SRV records saying "not available" are errors or empty, never a
+    // made-up agent.
+    let missing = agents_dns(DnsKind::Srv, "_nothing._tcp.lookout.test", None, dns.addr);
+    assert!(resolver.resolve(&missing).await.is_err());
+    let none = agents_dns(DnsKind::Srv, "_none._tcp.lookout.test", None, dns.addr);
+    assert_eq!(resolver.resolve(&none).await.map(|r| r.agents.len()), Ok(0));
+}
+
+#[tokio::test]
+async fn targets_count_srv_a_and_aaaa_separately() {
+    let dns = agents_dnsmasq();
+    let resolver = HickoryResolver::new(Some(dns.addr)).expect("resolver");
+    let ask = |name: &'static str, kind| {
+        let resolver = &resolver;
+        async move { resolver.targets(name, kind, Some(dns.addr)).await }
+    };
+    let t = ask(SRV, RecordKind::Srv).await.expect("SRV");
+    assert_eq!(t.targets, set(["localhost:19001", "localhost:19002"]));
+    let t = ask("agents.lookout.test", RecordKind::A).await.expect("A");
+    assert_eq!(t.targets, set(["127.0.0.2", "127.0.0.3"]));
+    let t = ask("agents.lookout.test", RecordKind::Aaaa)
+        .await
+        .expect("AAAA");
+    assert_eq!(t.targets, set(["::2"]));
+    assert!(ask("nobody.lookout.test", RecordKind::A).await.is_err());
+}
+
+/// A CA and a client certificate, enough for the watcher to load its TLS material.
+fn client_tls(dir: &Path) -> String {
+    let ca_key = KeyPair::generate().expect("keygen");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "operator CA");
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("keygen");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.distinguished_name.push(DnType::CommonName, "proxy");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+    let w = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        w("proxy.pem", cert.pem()),
+        w("proxy-key.pem", key.serialize_pem()),
+        w("ca.pem", ca.pem()),
+    )
+}
+
+#[tokio::test]
+async fn the_agents_watcher_asks_the_configured_server() {
+    let mut dns = agents_dnsmasq();
+    let dir = TempDir::new().expect("tempdir");
+    let config = AgentsConfig::parse(&format!(
+        "[dns]\nname = \"agents.lookout.test\"\nkind = \"a\"\nport = 9\nrefresh = \"100ms\"\n\
+         server = \"{}\"\n{}",
+        dns.addr,
+        client_tls(dir.path())
+    ))
+    .expect("config");
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    let watcher = Watcher::new(config).expect("watcher");
+    let status = watcher.status();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let shared = lookout_discovery::Shared::new();
+    let task = tokio::spawn(watcher.run(Arc::clone(&shared), rx));
+    let watched =
+        || -> BTreeSet<String> { status.agents().iter().map(|a| a.addr.clone()).collect() };
+    let want = set(["127.0.0.2:9", "127.0.0.3:9", "[::2]:9"]);
+    wait_for("the watcher to list the agents DNS names", || {
+        watched() == want
+    })
+    .await;
+
+    dns.set_hosts("127.0.0.3 agents.lookout.test\n");
+    let want = set(["127.0.0.3:9"]);
+    wait_for("the watcher to drop agents gone from DNS", || {
+        watched() == want
+    })
+    .await;
+
+    dns.stop();
+    // A dead server is noticed when the lookup gives up (hickory: 3 tries of 5 s each).
+    wait_within(DNS_TIMEOUT + WAIT, "the DNS error to be recorded", || {
+        status.dns_error().is_some()
+    })
+    .await;
+    assert_eq!(watched(), want, "a DNS outage keeps the agents");
+
+    let _ = stop.send(true);
+    task.await.expect("watcher ends");
+}
+
+// --- the proxy's replica count ----------------------------------------------------------
+
+/// The burst every test tenant has, cluster-wide.
+const BURST: u32 = 9;
+const BASE: &str = "lookout.test";
+const PROXIES: &str = "proxies.lookout.test";
+
+fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// A proxy on loopback whose replica count comes from `dns`, with tenants `t1`…`t4` (tokens
+/// `t1-token`…) of burst [`BURST`] and a rate slow enough never to refill during a test.
+struct LimitedProxy {
+    proxy: Proxy,
+    client: Arc<ClientConfig>,
+    _dir: TempDir,
+}
+
+impl LimitedProxy {
+    async fn start(dns: &Dnsmasq, replicas_dns: &str, replicas: u32) -> LimitedProxy {
+        let dir = tempfile::Builder::new()
+            .prefix("lookout-proxy-dns-")
+            .tempdir()
+            .expect("tempdir");
+        let w = |name: &str, text: &str| -> String {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p.display().to_string()
+        };
+        let ca_key = KeyPair::generate().expect("keygen");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, "CA");
+        let ca = p.self_signed(&ca_key).expect("CA");
+        let key = KeyPair::generate().expect("keygen");
+        let p = CertificateParams::new(vec![BASE.to_string()]).expect("params");
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+        let mut tenants =
+            String::from("[defaults]\nrate_limit = { per_second = 0.001, burst = 9 }\n");
+        for t in ["t1", "t2", "t3", "t4"] {
+            tenants.push_str(&format!(
+                "[[tenant]]\nname = \"{t}\"\ntoken_sha256 = [\"{}\"]\n",
+                token_hash(&format!("{t}-token"))
+            ));
+        }
+        let config = format!(
+            r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+base_name = "{BASE}"
+dns_suffix = "{BASE}"
+tenants_file = "{tenants}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+[upstream]
+cert = "{cert}"
+key = "{key}"
+ca = "{ca}"
+[inventory]
+source = "file"
+path = "{inventory}"
+[limits]
+replicas = {replicas}
+source = {{ per_second = 10000.0, burst = 10000 }}
+[limits.replicas_dns]
+server = "{server}"
+{replicas_dns}
+"#,
+            tenants = w("tenants.toml", &tenants),
+            cert = w("cert.pem", &cert.pem()),
+            key = w("key.pem", &key.serialize_pem()),
+            ca = w("ca.pem", &ca.pem()),
+            inventory = w("inventory.toml", "nodes = []\ninstances = []\n"),
+            server = dns.addr,
+        );
+        let cfg = ProxyConfig::load(Path::new(&w("proxy.toml", &config))).expect("valid config");
+        let proxy = Proxy::start(cfg).await.expect("proxy starts");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca.der().to_vec()))
+            .expect("root");
+        let client =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        LimitedProxy {
+            proxy,
+            client: Arc::new(client),
+            _dir: dir,
+        }
+    }
+
+    /// The status of one `GET /v1/discover` as `tenant`, over a fresh connection.
+    async fn discover(&self, tenant: &str) -> u16 {
+        let tcp = tokio::net::TcpStream::connect(self.proxy.local_addr())
+            .await
+            .expect("connect");
+        let name = ServerName::try_from(BASE).expect("name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.client))
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        let (mut send, conn) = http1::handshake(TokioIo::new(tls)).await.expect("HTTP");
+        tokio::spawn(conn);
+        let req = http::Request::get("/v1/discover")
+            .header("host", BASE)
+            .header("authorization", format!("Bearer {tenant}-token"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let _ = resp.into_body().collect().await;
+        status
+    }
+
+    /// Requests `tenant` gets through before its first 429 (at most `BURST + 1` tried).
+    async fn passes(&self, tenant: &str) -> u32 {
+        for n in 0..=BURST {
+            match self.discover(tenant).await {
+                200 => {}
+                429 => return n,
+                other => panic!("{tenant}: unexpected status {other}"),
+            }
+        }
+        panic!("{tenant}: no 429 after {} requests", BURST + 1);
+    }
+
+    /// A metric without labels, from the proxy's own metrics.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.proxy.telemetry().encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+fn hosts_with(addrs: &[&str]) -> String {
+    addrs.iter().map(|a| format!("{a} {PROXIES}\n")).collect()
+}
+
+#[tokio::test]
+async fn the_tenant_share_follows_the_replicas_dns_lists_and_survives_an_outage() {
+    let mut dns = Dnsmasq::start(&hosts_with(&["127.0.0.1", "::1"]), &[]);
+    // Configured 2 until DNS answers; kind "a" counts IPv4 only, so ::1 adds nothing.
+    let p = LimitedProxy::start(
+        &dns,
+        &format!("name = \"{PROXIES}\"\nrefresh = \"100ms\""),
+        2,
+    )
+    .await;
+    wait_for("the first DNS answer (1 replica)", || {
+        p.metric("lookout_proxy_replicas") == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        p.passes("t1").await,
+        BURST,
+        "one replica enforces the whole burst"
+    );
+
+    dns.set_hosts(&hosts_with(&[
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.3",
+    ]));
+    wait_for("3 replicas", || {
+        p.metric("lookout_proxy_replicas") == Some(3.0)
+    })
+    .await;
+    assert_eq!(p.passes("t2").await, BURST.div_ceil(3));
+    assert_eq!(
+        p.metric("lookout_proxy_replicas_dns_failures_total"),
+        Some(0.0)
+    );
+
+    // The name disappears: an empty answer is not "1 replica".
+    dns.set_hosts("");
+    wait_for("the empty answer to count as a failure", || {
+        p.metric("lookout_proxy_replicas_dns_failures_total") >= Some(1.0)
+    })
+    .await;
+    assert_eq!(p.metric("lookout_proxy_replicas"), Some(3.0));
+    assert_eq!(p.passes("t3").await, BURST.div_ceil(3));
+
+    // DNS goes away altogether: the last count stays.
+    dns.set_hosts(&hosts_with(&["127.0.0.1", "127.0.0.2"]));
+    wait_for("2 replicas", || {
+        p.metric("lookout_proxy_replicas") == Some(2.0)
+    })
+    .await;
+    let before = p
+        .metric("lookout_proxy_replicas_dns_failures_total")
+        .unwrap_or(0.0);
+    dns.stop();
+    // A dead server is noticed when the lookup gives up (hickory: 3 tries of 5 s each).
+    wait_within(
+        REPLICAS_DNS_TIMEOUT + WAIT,
+        "the outage to be counted",
+        || p.metric("lookout_proxy_replicas_dns_failures_total") > Some(before),
+    )
+    .await;
+    assert_eq!(p.metric("lookout_proxy_replicas"), Some(2.0));
+    assert_eq!(p.passes("t4").await, BURST.div_ceil(2));
+    p.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn srv_targets_count_and_a_short_ttl_beats_a_long_refresh() {
+    // TTL 1 s on local records; `refresh` is an hour, so only the TTL can bring the change.
+    let srv = "_lookout-proxy._tcp.lookout.test";
+    let dns = Dnsmasq::start(
+        &hosts_with(&["127.0.0.1"]),
+        &[
+            "--local-ttl=1",
+            &format!("--srv-host={srv},localhost,9163"),
+            &format!("--srv-host={srv},localhost,9263"),
+        ],
+    );
+    let p = LimitedProxy::start(
+        &dns,
+        &format!("name = \"{srv}\"\nkind = \"srv\"\nrefresh = \"1h\""),
+        1,
+    )
+    .await;
+    wait_for("2 SRV targets", || {
+        p.metric("lookout_proxy_replicas") == Some(2.0)
+    })
+    .await;
+    assert_eq!(p.passes("t1").await, BURST.div_ceil(2));
+
+    // The same check for AAAA, on a fresh proxy: the TTL brings the second address.
+    dns.set_hosts(&hosts_with(&["127.0.0.1", "::1"]));
+    let p2 = LimitedProxy::start(
+        &dns,
+        &format!("name = \"{PROXIES}\"\nkind = \"aaaa\"\nrefresh = \"1h\""),
+        5,
+    )
+    .await;
+    wait_for("1 AAAA address", || {
+        p2.metric("lookout_proxy_replicas") == Some(1.0)
+    })
+    .await;
+    dns.set_hosts(&hosts_with(&["::1", "::2", "::3"]));
+    wait_for("3 AAAA addresses, within a TTL", || {
+        p2.metric("lookout_proxy_replicas") == Some(3.0)
+    })
+    .await;
+    assert_eq!(p2.passes("t1").await, BURST.div_ceil(3));
+    p.proxy.shutdown().await;
+    p2.proxy.shutdown().await;
+}
