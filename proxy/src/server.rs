@@ -10,8 +10,9 @@
 //! - **Tenants file**: re-read when it changes; a broken file keeps the last good tenants
 //!   (logged, counted in `lookout_proxy_tenants_reload_failures`). Rate limits follow.
 //! - **Bounds**: at most `limits.max_connections` open connections (more are closed at once),
-//!   a TLS handshake deadline, a request-header deadline and size bound (hyper answers 431 to
-//!   oversized headers).
+//!   a TLS handshake deadline, a request-header deadline (for a connection's first request
+//!   it runs from the end of the handshake, HTTP/1.1 or h2) and size bound (hyper answers 431
+//!   to oversized headers).
 //! - **Replicas**: with `[limits.replicas_dns]`, the tenant limits follow the replica count
 //!   DNS lists ([`crate::limit::follow_replicas_dns`]).
 //! - **Requests** are handled by [`handler`] (the order of checks is documented there).
@@ -36,7 +37,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{InventoryConfig, LimitsConfig, ProxyConfig, ServerTlsConfig};
@@ -510,11 +511,30 @@ async fn serve(
                         .unwrap_or_default(),
                 ))
             };
-            let service = hyper::service::service_fn(move |req| {
-                let state = Arc::clone(&state);
-                let conn = Arc::clone(&conn);
-                async move { Ok::<_, Infallible>(state.handle(&conn, req).await) }
-            });
+            // hyper's header deadline starts only once the protocol is known, which the
+            // auto builder learns from the first bytes, and HTTP/2 has none: a client silent
+            // after the handshake would hold its slot forever. So the first request must
+            // reach the service within `header_read_timeout` of the handshake, whatever the
+            // protocol; hyper's own deadline bounds later HTTP/1.1 requests.
+            let first_request = Arc::new(Notify::new());
+            let service = {
+                let first_request = Arc::clone(&first_request);
+                hyper::service::service_fn(move |req| {
+                    first_request.notify_one();
+                    let state = Arc::clone(&state);
+                    let conn = Arc::clone(&conn);
+                    async move { Ok::<_, Infallible>(state.handle(&conn, req).await) }
+                })
+            };
+            let no_first_request = async {
+                let first = first_request.notified();
+                if tokio::time::timeout(limits.header_read_timeout, first)
+                    .await
+                    .is_ok()
+                {
+                    std::future::pending::<()>().await;
+                }
+            };
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -532,6 +552,9 @@ async fn serve(
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
+                }
+                () = no_first_request => {
+                    tracing::debug!(%peer, "no request within the header deadline; closing");
                 }
                 _ = stop.changed() => {
                     conn.as_mut().graceful_shutdown();
