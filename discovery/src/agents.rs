@@ -654,14 +654,14 @@ fn summary(errors: &[String]) -> String {
 
 /// Exponential backoff with jitter (each delay is 50–100 % of the exponential step, never
 /// below `min`).
-struct Backoff {
+pub(crate) struct Backoff {
     cfg: BackoffConfig,
     attempt: u32,
     random: std::collections::hash_map::RandomState,
 }
 
 impl Backoff {
-    fn new(cfg: BackoffConfig) -> Backoff {
+    pub(crate) fn new(cfg: BackoffConfig) -> Backoff {
         Backoff {
             cfg,
             attempt: 0,
@@ -669,11 +669,11 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self
             .cfg
             .min

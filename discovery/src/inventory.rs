@@ -1,7 +1,7 @@
 //! The proxy's view of the fleet: every instance and node, held behind an atomic swap so a
 //! request always sees one consistent inventory while sources replace it whole.
 //!
-//! Sources (agents, file, later etcd) build a new [`Inventory`] and [`Shared::publish`] it;
+//! Sources (agents, etcd, file) build a new [`Inventory`] and [`Shared::publish`] it;
 //! when a source fails it reports [`Shared::fail`] and the last good inventory keeps being
 //! served — readiness and metrics say how stale it is.
 

@@ -3,6 +3,7 @@
 //! the proxy's inventory, the sources that fill it, and the service-discovery encoders.
 
 pub mod agents;
+pub mod etcd;
 pub mod file;
 pub mod inventory;
 pub mod model;

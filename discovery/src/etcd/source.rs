@@ -1,0 +1,445 @@
+//! The proxy-side `etcd` source: a full read of the prefix, then a watch from that revision
+//! on, published into [`Shared`]; any break (compaction, cancellation, a lost stream or
+//! connection) starts over with a fresh full read that *replaces* the view — level-triggered,
+//! so the inventory never drifts from etcd.
+//!
+//! - **Full read**: paginated (`PAGE` keys per request) at one fixed revision, so the pages
+//!   form one consistent snapshot however long the read takes; a compaction during the read
+//!   fails it and it starts over.
+//! - **Watch**: from the read's revision + 1 over the whole prefix. Each watch response is
+//!   applied, together with any responses already waiting, then published once.
+//! - **Failures**: while etcd is unreachable the last inventory stays in force and the failure
+//!   is recorded ([`Shared::fail`], and [`EtcdStatus::last_error`]) so `/readyz` and metrics
+//!   say so; attempts repeat with backoff, and the first full read that succeeds publishes
+//!   whatever changed meanwhile. Nothing is published before the first full read, so a proxy
+//!   that never reached etcd is not ready.
+//! - **Bounds**: values over `max_value_bytes`, values that do not decode or contradict their
+//!   key, and instances beyond `max_instances` are skipped — logged and counted in
+//!   [`EtcdStatus::skipped`] — never fatal. A skipped overwrite removes the key's previous
+//!   value (the key no longer holds a valid record).
+//! - **What is served**: instances whose `nodes/<node>` key is absent are *not* served
+//!   (counted in [`EtcdStatus::orphans`]): without the node key there is no agent address to
+//!   route to, and a node key only goes missing when its lease lapsed or during the moment
+//!   between a registrar's write batches. An instance id registered under two nodes is served
+//!   from the node whose id sorts first (warned).
+//! - **Proxies**: the live `proxies/<id>` keys are counted in [`EtcdStatus::proxies`], for the
+//!   replica count that divides cluster-wide rate limits. Tenant keys are not read here.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use futures_util::FutureExt;
+use tokio::sync::watch;
+
+use super::client::{bounded, connect, EtcdError, MAX_MESSAGE_BYTES};
+use super::config::EtcdConfig;
+use super::keys::{self, Key, Keys, Malformed, ProxyRecord};
+use crate::agents::Backoff;
+use crate::inventory::{Inventory, Node, Shared};
+use crate::model::Instance;
+
+/// Keys per page of a full read.
+const PAGE: i64 = 1000;
+/// Watch responses applied before publishing, at most, when many are waiting.
+const MAX_BATCH: usize = 1024;
+
+/// How the source is doing, for `/readyz`, metrics and the replica count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdStatus {
+    /// True while a watch is established on top of a successful full read.
+    pub connected: bool,
+    /// The etcd revision the published inventory reflects (0: nothing read yet).
+    pub revision: i64,
+    /// Nodes in the published inventory.
+    pub nodes: usize,
+    /// Instances in the published inventory.
+    pub instances: usize,
+    /// Instance keys not served because their node key is absent.
+    pub orphans: usize,
+    /// Live proxy replicas (`proxies/<id>` keys) as last read.
+    pub proxies: usize,
+    /// Values skipped since start: malformed, oversized, or beyond `max_instances`.
+    pub skipped: u64,
+    /// Full reads done since start (the first, then one per recovery).
+    pub full_reads: u64,
+    /// The current failure, if etcd is unreachable or the watch broke and has not recovered.
+    pub last_error: Option<String>,
+}
+
+/// Called with the revision of each full read before the watch starts (tests).
+type AfterRead = Arc<dyn Fn(i64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The `etcd` inventory source. Build with [`EtcdSource::new`], keep [`EtcdSource::status`],
+/// then [`EtcdSource::run`] it.
+pub struct EtcdSource {
+    config: EtcdConfig,
+    keys: Keys,
+    status: watch::Sender<EtcdStatus>,
+    after_read: Option<AfterRead>,
+}
+
+/// Why the watch loop ended.
+enum End {
+    /// The watch's start revision was compacted away: read again at once.
+    Compacted(i64),
+    /// Anything else: record, back off, read again.
+    Failed(EtcdError),
+}
+
+impl From<EtcdError> for End {
+    fn from(e: EtcdError) -> Self {
+        End::Failed(e)
+    }
+}
+
+impl EtcdSource {
+    /// Checks the configuration ([`EtcdConfig::problems`]).
+    pub fn new(config: EtcdConfig) -> Result<EtcdSource, String> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(EtcdSource {
+            keys: Keys::new(config.prefix.clone()),
+            config,
+            status: watch::Sender::new(EtcdStatus::default()),
+            after_read: None,
+        })
+    }
+
+    /// The source's status, live while it runs; `changed()` fires on every update.
+    pub fn status(&self) -> watch::Receiver<EtcdStatus> {
+        self.status.subscribe()
+    }
+
+    /// Test seam: `hook(revision)` runs after each full read and before the watch from
+    /// `revision + 1` is created — so a test can write and compact in exactly that gap and
+    /// prove that a watch whose start was compacted recovers by reading again.
+    #[doc(hidden)]
+    pub fn after_full_read<F, Fut>(mut self, hook: F) -> EtcdSource
+    where
+        F: Fn(i64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.after_read = Some(Arc::new(move |rev| Box::pin(hook(rev))));
+        self
+    }
+
+    /// Follows etcd until `shutdown` turns true (or its sender is dropped). The inventory last
+    /// published stays in `shared`.
+    pub async fn run(self, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(self.config.backoff);
+        let mut client: Option<Client> = None;
+        let mut skipped = 0u64;
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            let end = tokio::select! {
+                end = self.follow(&mut client, &shared, &mut backoff, &mut skipped) => end,
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow_and_update() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let delay = match end {
+                End::Compacted(rev) => {
+                    tracing::info!(
+                        compacted = rev,
+                        "etcd source: watch start was compacted; reading everything again"
+                    );
+                    self.status.send_modify(|s| s.connected = false);
+                    self.config.backoff.min
+                }
+                End::Failed(e) => {
+                    let msg = format!("etcd: {e}");
+                    tracing::warn!(error = %e, "etcd source: failed; keeping the last inventory");
+                    shared.fail(msg.clone());
+                    self.status.send_modify(|s| {
+                        s.connected = false;
+                        s.last_error = Some(msg);
+                    });
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                r = shutdown.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!("etcd source stopped");
+    }
+
+    /// One full read and the watch after it, until something breaks.
+    async fn follow(
+        &self,
+        client: &mut Option<Client>,
+        shared: &Shared,
+        backoff: &mut Backoff,
+        skipped: &mut u64,
+    ) -> End {
+        let c = match client {
+            Some(c) => c.clone(),
+            None => match connect(&self.config).await {
+                Ok(c) => client.insert(c).clone(),
+                Err(e) => return e.into(),
+            },
+        };
+        let mut view = View::default();
+        let revision = match self.full_read(&c, &mut view, skipped).await {
+            Ok(r) => r,
+            Err(e) => return e.into(),
+        };
+        if let Some(hook) = &self.after_read {
+            hook(revision).await;
+        }
+        view.publish(shared, &self.status, revision, *skipped);
+        self.status.send_modify(|s| s.full_reads += 1);
+        let prefix = self.keys.prefix().as_bytes().to_vec();
+        let opts = WatchOptions::new()
+            .with_range(keys::prefix_end(&prefix))
+            .with_start_revision(revision + 1);
+        let mut watch_client = c
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let watching = watch_client.watch(prefix, Some(opts));
+        let mut stream = match bounded("watch", self.config.request_timeout, watching).await {
+            Ok(s) => s,
+            Err(e) => return e.into(),
+        };
+        let mut revision = revision;
+        loop {
+            // No timeout: HTTP/2 keep-alive pings end the stream if etcd goes silent.
+            let first = stream.message().await;
+            let mut dirty = false;
+            let mut next = Some(first);
+            let mut batch = 0;
+            while let Some(msg) = next.take() {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        return End::Failed(EtcdError::Protocol("watch stream ended".into()))
+                    }
+                    Err(e) => return End::Failed(e.into()),
+                };
+                if resp.compact_revision() > 0 {
+                    return End::Compacted(resp.compact_revision());
+                }
+                if resp.canceled() {
+                    let why = format!("watch canceled: {}", resp.cancel_reason());
+                    return End::Failed(EtcdError::Protocol(why));
+                }
+                if resp.created() {
+                    backoff.reset();
+                    self.status.send_modify(|s| {
+                        s.connected = true;
+                        s.last_error = None;
+                    });
+                }
+                dirty |= self.apply(&mut view, &resp, skipped);
+                if let Some(h) = resp.header() {
+                    revision = revision.max(h.revision());
+                }
+                batch += 1;
+                if batch < MAX_BATCH {
+                    next = stream.message().now_or_never();
+                }
+            }
+            if dirty {
+                view.publish(shared, &self.status, revision, *skipped);
+            } else {
+                let proxies = view.proxies.len();
+                let skipped = *skipped;
+                self.status.send_if_modified(|s| {
+                    let changed =
+                        (s.revision, s.proxies, s.skipped) != (revision, proxies, skipped);
+                    (s.revision, s.proxies, s.skipped) = (revision, proxies, skipped);
+                    changed
+                });
+            }
+        }
+    }
+
+    /// Reads every key under the prefix into `view`, at one revision; returns it.
+    async fn full_read(
+        &self,
+        c: &Client,
+        view: &mut View,
+        skipped: &mut u64,
+    ) -> Result<i64, EtcdError> {
+        let mut kv = c.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let end = keys::prefix_end(self.keys.prefix().as_bytes());
+        let mut from = self.keys.prefix().as_bytes().to_vec();
+        let mut revision = 0;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let page = bounded(
+                "full read",
+                self.config.request_timeout,
+                kv.get(from.clone(), Some(opts)),
+            )
+            .await?;
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+                if revision <= 0 {
+                    return Err(EtcdError::Protocol("read without a revision".into()));
+                }
+            }
+            for kv in page.kvs() {
+                if let Err(e) = view.put(&self.keys, &self.config, kv) {
+                    self.skip(kv.key(), &e, skipped);
+                }
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(revision)
+    }
+
+    /// Applies one watch response; true when nodes or instances changed.
+    fn apply(&self, view: &mut View, resp: &WatchResponse, skipped: &mut u64) -> bool {
+        let mut dirty = false;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => match view.put(&self.keys, &self.config, kv) {
+                    Ok(d) => dirty |= d,
+                    Err(e) => {
+                        self.skip(kv.key(), &e, skipped);
+                        dirty |= view.delete(&self.keys, kv.key());
+                    }
+                },
+                EventType::Delete => dirty |= view.delete(&self.keys, kv.key()),
+            }
+        }
+        dirty
+    }
+
+    fn skip(&self, key: &[u8], e: &Malformed, skipped: &mut u64) {
+        *skipped += 1;
+        tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "etcd source: skipping a value");
+    }
+}
+
+/// Everything read from etcd, by key.
+#[derive(Default)]
+struct View {
+    nodes: BTreeMap<String, Node>,
+    /// By (node, id).
+    instances: BTreeMap<(String, String), Instance>,
+    proxies: BTreeMap<String, ProxyRecord>,
+}
+
+impl View {
+    /// Stores one key's value; true when nodes or instances changed.
+    fn put(&mut self, keys: &Keys, cfg: &EtcdConfig, kv: &KeyValue) -> Result<bool, Malformed> {
+        let max = cfg.max_value_bytes;
+        match keys.parse(kv.key()) {
+            Key::Node(id) => {
+                let node = keys::decode_node(id, kv.value(), max)?;
+                let changed = self.nodes.get(id) != Some(&node);
+                self.nodes.insert(id.to_string(), node);
+                Ok(changed)
+            }
+            Key::Instance { node, id } => {
+                let i = keys::decode_instance(node, id, kv.value(), max)?;
+                let k = (node.to_string(), id.to_string());
+                if !self.instances.contains_key(&k) && self.instances.len() >= cfg.max_instances {
+                    return Err(Malformed::Invalid(format!(
+                        "over max_instances ({})",
+                        cfg.max_instances
+                    )));
+                }
+                let changed = self.instances.get(&k) != Some(&i);
+                self.instances.insert(k, i);
+                Ok(changed)
+            }
+            Key::Proxy(id) => {
+                let p = keys::decode_proxy(id, kv.value(), max)?;
+                self.proxies.insert(id.to_string(), p);
+                Ok(false)
+            }
+            Key::Tenant(_) | Key::Other => Ok(false),
+        }
+    }
+
+    /// Forgets one key; true when nodes or instances changed.
+    fn delete(&mut self, keys: &Keys, key: &[u8]) -> bool {
+        match keys.parse(key) {
+            Key::Node(id) => self.nodes.remove(id).is_some(),
+            Key::Instance { node, id } => self
+                .instances
+                .remove(&(node.to_string(), id.to_string()))
+                .is_some(),
+            Key::Proxy(id) => {
+                self.proxies.remove(id);
+                false
+            }
+            Key::Tenant(_) | Key::Other => false,
+        }
+    }
+
+    /// The inventory to serve and the number of orphaned instances.
+    fn inventory(&self) -> (Inventory, usize) {
+        let mut inv = Inventory {
+            instances: BTreeMap::new(),
+            nodes: self.nodes.clone(),
+        };
+        let (mut orphans, mut conflicts) = (0, 0);
+        for ((node, id), i) in &self.instances {
+            if !self.nodes.contains_key(node) {
+                orphans += 1;
+            } else if inv.instances.contains_key(id) {
+                conflicts += 1;
+            } else {
+                inv.instances.insert(id.clone(), i.clone());
+            }
+        }
+        if conflicts > 0 {
+            tracing::warn!(
+                conflicts,
+                "etcd source: instance ids registered under more than one node; the first node by id wins"
+            );
+        }
+        (inv, orphans)
+    }
+
+    /// Publishes the inventory and updates the status.
+    fn publish(
+        &self,
+        shared: &Shared,
+        status: &watch::Sender<EtcdStatus>,
+        revision: i64,
+        skipped: u64,
+    ) {
+        let (inv, orphans) = self.inventory();
+        let (nodes, instances) = (inv.nodes.len(), inv.instances.len());
+        shared.publish(inv);
+        status.send_modify(|s| {
+            s.revision = revision;
+            s.nodes = nodes;
+            s.instances = instances;
+            s.orphans = orphans;
+            s.proxies = self.proxies.len();
+            s.skipped = skipped;
+            s.last_error = None;
+        });
+    }
+}
