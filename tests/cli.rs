@@ -1,6 +1,6 @@
 //! The `lookout` binary's command line: `agent --check-config` lists every problem of a bad
-//! configuration and exits 2, accepts a good one, and `dev` says clearly that it is not
-//! available yet.
+//! configuration and exits 2, accepts a good one, and `dev` refuses a directory it did not
+//! make, changing nothing in it. (`lookout dev` running is tests/dev.rs.)
 
 use std::process::Command;
 
@@ -110,8 +110,16 @@ fn check_config_accepts_a_good_file() {
 }
 
 #[test]
-fn dev_says_it_is_not_there_yet() {
-    let (code, _, err) = lookout(&["dev"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("proxy"), "{err}");
+fn dev_refuses_a_directory_it_did_not_make() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp.path().join("notes.txt"), "mine").expect("write");
+    let dir = tmp.path().to_str().expect("utf8");
+    let (code, out, err) = lookout(&["dev", "--dir", dir, "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("was not made by `lookout dev`"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["notes.txt"], "nothing may be written into it");
 }
