@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lookout_discovery::etcd::EtcdConfig;
 use serde::Deserialize;
 
 use crate::source::rules::CgroupRule;
@@ -45,6 +46,11 @@ pub struct AgentConfig {
     /// Cost controls.
     #[serde(default)]
     pub collection: CollectionConfig,
+    /// Register this node and its containers in etcd, for proxies using the `etcd` inventory
+    /// source ([`lookout_discovery::etcd`]). Default: none (proxies watch the agent directly).
+    /// `advertise` is required here: the `host:port` proxies reach this agent at.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
 }
 
 /// Server certificate and the operator CA that signs proxy client certificates.
@@ -374,6 +380,14 @@ impl AgentConfig {
                 p.push(format!("{name} must be greater than zero"));
             }
         }
+        if let Some(etcd) = &self.etcd {
+            p.extend(etcd.problems().into_iter().map(|e| format!("etcd.{e}")));
+            if etcd.advertise.is_none() {
+                p.push(
+                    "etcd.advertise is required: the host:port proxies reach this agent at".into(),
+                );
+            }
+        }
         p
     }
 
@@ -420,6 +434,8 @@ load_interval = "0s"
 [[discovery.cgroup_rules]]
 name = "broken"
 pattern = "("
+[etcd]
+endpoints = ["ftp://x"]
 "#,
         )
         .expect("syntax is fine");
@@ -434,9 +450,35 @@ pattern = "("
             "max_concurrent",
             "load_interval",
             "broken",
+            "etcd.endpoints",
+            "etcd.advertise is required",
         ] {
             assert!(all.contains(needle), "missing {needle} in {all}");
         }
+    }
+
+    #[test]
+    fn the_example_parses_with_and_without_etcd() {
+        let text = include_str!("../../deploy/config/agent.toml");
+        let cfg = AgentConfig::parse(text).expect("deploy/config/agent.toml parses");
+        assert!(cfg.etcd.is_none());
+        let (head, block) = text
+            .split_once("# [etcd]\n")
+            .expect("the example documents [etcd]");
+        let block: String = block
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        let cfg = AgentConfig::parse(&format!("{head}[etcd]\n{block}"))
+            .expect("the [etcd] example parses");
+        let etcd = cfg.etcd.expect("etcd");
+        assert_eq!(etcd.advertise.as_deref(), Some("10.0.0.11:9164"));
+        assert_eq!(etcd.lease_ttl, Duration::from_secs(10));
+        let p = etcd.problems();
+        assert!(
+            p.iter().all(|p| p.starts_with("tls.")),
+            "only the example's TLS files are missing here: {p:?}"
+        );
     }
 
     #[test]

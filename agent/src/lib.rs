@@ -8,7 +8,8 @@
 //! The file tree is the architecture: `source/` finds containers, `registry` tracks them,
 //! `cgroup/`, `process`, `netdev`, `mountinfo`, `filesystem`, `pressure`, `loadavg` read
 //! the kernel, `snapshot` + `cache` collect under the node's budget, `render` +
-//! `exposition` write the view, `server` + `tls` serve it.
+//! `exposition` write the view, `server` + `tls` serve it; `registration` registers the
+//! node and its containers in etcd when `[etcd]` is configured.
 
 pub mod cache;
 pub mod cgroup;
@@ -24,6 +25,7 @@ pub mod netdev;
 pub mod node;
 pub mod pressure;
 pub mod process;
+pub mod registration;
 pub mod registry;
 pub mod render;
 pub mod server;
@@ -37,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lookout_discovery::etcd::RegistrarStatus;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -62,6 +65,9 @@ pub enum StartError {
     /// Host facts unreadable (wrong `roots.proc`?).
     #[error("host: {0}")]
     Host(#[from] kernel_file::KernelFileError),
+    /// etcd registration could not start (`[etcd]`).
+    #[error("etcd: {0}")]
+    Etcd(String),
     /// Cannot listen.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -76,6 +82,7 @@ pub enum StartError {
 pub struct Agent {
     local_addr: SocketAddr,
     registry: Arc<Registry>,
+    etcd: Option<watch::Receiver<RegistrarStatus>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -127,7 +134,7 @@ impl Agent {
             registry: Arc::clone(&registry),
             collector,
             telemetry: Arc::clone(&telemetry),
-            node_id,
+            node_id: node_id.clone(),
             default_timeout: c.default_timeout,
         });
 
@@ -141,11 +148,26 @@ impl Agent {
             Arc::clone(&telemetry),
             rx.clone(),
         ));
+        let etcd = match config.etcd.clone() {
+            Some(etcd) => Some(
+                registration::start(
+                    etcd,
+                    &node_id,
+                    host_name(),
+                    &registry,
+                    &mut tasks,
+                    rx.clone(),
+                )
+                .map_err(StartError::Etcd)?,
+            ),
+            None => None,
+        };
         tasks.spawn(serve(listener, tls, api, c.max_connections, rx));
         tracing::info!(addr = %local_addr, "agent listening (mTLS)");
         Ok(Agent {
             local_addr,
             registry,
+            etcd,
             shutdown,
             tasks,
         })
@@ -161,7 +183,12 @@ impl Agent {
         &self.registry
     }
 
-    /// Stops accepting, ends background tasks, waits for them.
+    /// The etcd registration's status, when `[etcd]` is configured.
+    pub fn etcd_status(&self) -> Option<&watch::Receiver<RegistrarStatus>> {
+        self.etcd.as_ref()
+    }
+
+    /// Stops accepting, ends background tasks (revoking the etcd lease), waits for them.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
@@ -170,11 +197,15 @@ impl Agent {
 
 /// The host name, lowercased, made a DNS label if it is not one.
 pub fn default_node_id() -> String {
-    let name = rustix::system::uname()
+    lookout_discovery::instance_id_for(None, &host_name().to_ascii_lowercase())
+}
+
+/// The host name (the node's display name in etcd).
+fn host_name() -> String {
+    rustix::system::uname()
         .nodename()
         .to_string_lossy()
-        .to_ascii_lowercase();
-    lookout_discovery::instance_id_for(None, &name)
+        .into_owned()
 }
 
 async fn reload_tls(
