@@ -42,8 +42,9 @@
 //! it is [`UpstreamError::Unreachable`]. The whole call — pool checkout, any connect, the
 //! retry, up to the response headers — is bounded by `deadline`; exceeding it is
 //! [`UpstreamError::Timeout`] (so a deadline shorter than `connect_timeout` wins). The body
-//! is not buffered and not bounded here: it streams as the agent writes it, and the agent
-//! bounds its own answer by `x-prometheus-scrape-timeout-seconds`.
+//! is not buffered: it streams as the agent writes it (the agent bounds its own answer by
+//! `x-prometheus-scrape-timeout-seconds`), and the caller may cut it off with
+//! [`DeadlineBody`].
 //!
 //! # Headers and compression
 //!
@@ -51,6 +52,7 @@
 //! hop-by-hop response headers are removed, and compression is negotiated once, end to end
 //! — the proxy never re-compresses.
 
+mod deadline;
 mod headers;
 
 use std::collections::HashMap;
@@ -76,6 +78,7 @@ use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsConnector;
 
+pub use deadline::{BodyDeadline, BoxError, DeadlineBody};
 pub use headers::{forwarded_headers, strip_hop_by_hop, ALLOWED_HEADERS, HOP_BY_HOP_HEADERS};
 
 /// At most this many idle connections are kept per agent; more are closed when released.

@@ -51,10 +51,10 @@ use crate::telemetry::{
     status_class, AuthLabels, RequestLabels, RouteLabels, Telemetry, ThrottleLabels, UpstreamLabels,
 };
 use crate::tenants::Tenants;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{BoxError, DeadlineBody, Upstream, UpstreamError};
 
 /// The response body: a whole small body, or an agent's body streamed through.
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How long an authentication result is reused on one connection before it is checked
 /// again (so that a certificate expiring mid-connection stops working within this time).
@@ -602,6 +602,7 @@ impl State {
                 headers.append(name.clone(), v.clone());
             }
         }
+        let started = std::time::Instant::now();
         let deadline = scrape_deadline(req.headers(), self.scrape_timeout);
         let result = self
             .upstream
@@ -609,7 +610,12 @@ impl State {
             .await;
         let outcome = map_upstream(result.as_ref().map(|r| r.status()));
         match (outcome, result) {
-            (UpstreamOutcome::Pass, Ok(resp)) => pass_through(resp),
+            // The body gets what is left of the deadline, plus a grace second: the client
+            // times out first, and the proxy frees the connection soon after.
+            (UpstreamOutcome::Pass, Ok(resp)) => pass_through(
+                resp,
+                deadline.saturating_sub(started.elapsed()) + BODY_GRACE,
+            ),
             (
                 UpstreamOutcome::Fail {
                     status,
@@ -635,10 +641,14 @@ impl State {
     }
 }
 
-/// Streams an agent's response through, with only the headers clients may see.
-fn pass_through(resp: Response<Incoming>) -> Response<Body> {
+/// Added to the scrape deadline before an agent's body is cut off.
+const BODY_GRACE: Duration = Duration::from_secs(1);
+
+/// Streams an agent's response through, with only the headers clients may see, the body cut
+/// off (as an error) when it has not ended within `budget`.
+fn pass_through(resp: Response<Incoming>, budget: Duration) -> Response<Body> {
     let (parts, body) = resp.into_parts();
-    let mut out = Response::new(body.boxed_unsync());
+    let mut out = Response::new(DeadlineBody::new(body, budget).boxed_unsync());
     *out.status_mut() = parts.status;
     for name in FORWARDED_RESPONSE_HEADERS {
         for v in parts.headers.get_all(&name) {
