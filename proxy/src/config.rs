@@ -40,9 +40,21 @@
 //! # path = "/etc/lookout/inventory.toml"
 //! # reload_interval = "5s"
 //!
+//! # or (many nodes, many replicas): the rest as lookout_discovery::etcd::EtcdConfig
+//! # [inventory]
+//! # source = "etcd"
+//! # endpoints = ["https://etcd1.example.net:2379"]
+//! # prefix = "/lookout/"
+//! # lease_ttl = "10s"                  # this replica's registration under <prefix>proxies/
+//! # advertise = "10.0.0.5:9163"        # optional: recorded in this replica's key
+//! # [inventory.tls]
+//! # ca = "/etc/lookout/etcd-ca.pem"
+//!
 //! [limits]
-//! replicas = 1                         # proxy replicas sharing the tenants' rate limits; with
-//!                                      # replicas_dns: the count until DNS first answers
+//! replicas = 1                         # proxy replicas sharing the tenants' rate limits
+//!                                      # (default 1); with replicas_dns: the count until DNS
+//!                                      # first answers; unset with source = "etcd": the live
+//!                                      # replicas registered in etcd
 //! max_connections = 4096               # open client connections, beyond which new ones close
 //! handshake_timeout = "10s"            # TLS handshake bound
 //! header_read_timeout = "10s"          # request headers bound (HTTP/1.1)
@@ -67,6 +79,7 @@ use std::time::Duration;
 use lookout_discovery::agents::config::{check_dns_name, name_server};
 use lookout_discovery::agents::resolve::RecordKind;
 use lookout_discovery::agents::AgentsConfig;
+use lookout_discovery::etcd::EtcdConfig;
 use serde::Deserialize;
 
 use crate::tenants::RateLimit;
@@ -173,6 +186,8 @@ pub enum InventoryConfig {
     Agents(AgentsConfig),
     /// One TOML/JSON file ([`lookout_discovery::file`]).
     File(FileSourceConfig),
+    /// Watch one etcd prefix, and register this replica there ([`lookout_discovery::etcd`]).
+    Etcd(EtcdConfig),
 }
 
 /// The `file` inventory source.
@@ -190,10 +205,12 @@ pub struct FileSourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Proxy replicas sharing the tenants' cluster-wide rate limits. Default 1. With
-    /// [`LimitsConfig::replicas_dns`], the count in force until DNS first answers.
-    #[serde(default = "one")]
-    pub replicas: u32,
+    /// Proxy replicas sharing the tenants' cluster-wide rate limits. With
+    /// [`LimitsConfig::replicas_dns`], the count in force until DNS first answers. Unset:
+    /// 1, or — with the `etcd` inventory source and no `replicas_dns` — the number of live
+    /// replicas registered in etcd ([`LimitsConfig::follows_etcd`]).
+    #[serde(default)]
+    pub replicas: Option<u32>,
     /// Learn the replica count from DNS, re-resolved periodically ([`crate::limit`]).
     /// Default: none (`replicas` is fixed).
     #[serde(default)]
@@ -219,7 +236,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            replicas: 1,
+            replicas: None,
             replicas_dns: None,
             max_connections: default_max_connections(),
             handshake_timeout: ten_seconds(),
@@ -227,6 +244,21 @@ impl Default for LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
             source: default_source_rate(),
         }
+    }
+}
+
+impl LimitsConfig {
+    /// The replica count in force at start (and for good, unless DNS or etcd updates it).
+    pub fn initial_replicas(&self) -> u32 {
+        self.replicas.unwrap_or(1)
+    }
+
+    /// True when the replica count follows the proxies registered in etcd: the `etcd`
+    /// inventory source, and neither `replicas` nor `replicas_dns` configured.
+    pub fn follows_etcd(&self, inventory: &InventoryConfig) -> bool {
+        matches!(inventory, InventoryConfig::Etcd(_))
+            && self.replicas.is_none()
+            && self.replicas_dns.is_none()
     }
 }
 
@@ -274,9 +306,6 @@ fn default_replicas_kind() -> RecordKind {
 }
 fn ninety_seconds() -> Duration {
     Duration::from_secs(90)
-}
-fn one() -> u32 {
-    1
 }
 fn default_max_connections() -> usize {
     4096
@@ -379,6 +408,11 @@ impl ProxyConfig {
                     p.push(format!("inventory: {problem}"));
                 }
             }
+            InventoryConfig::Etcd(e) => {
+                for problem in e.problems() {
+                    p.push(format!("inventory.{problem}"));
+                }
+            }
             InventoryConfig::File(f) => {
                 if f.reload_interval.is_zero() {
                     p.push("inventory.reload_interval must be greater than zero".into());
@@ -389,7 +423,7 @@ impl ProxyConfig {
             }
         }
         let l = &self.limits;
-        if l.replicas == 0 {
+        if l.replicas == Some(0) {
             p.push("limits.replicas must be at least 1".into());
         }
         if let Some(dns) = &l.replicas_dns {
@@ -462,8 +496,9 @@ path = "/inv.toml"
         assert_eq!(cfg.listen.port(), 9163);
         assert_eq!(cfg.admin_listen, SocketAddr::from(([127, 0, 0, 1], 9165)));
         assert_eq!(cfg.sd_port(), 9163);
-        assert_eq!(cfg.limits.replicas, 1);
+        assert_eq!(cfg.limits.initial_replicas(), 1);
         assert_eq!(cfg.limits.replicas_dns, None);
+        assert!(!cfg.limits.follows_etcd(&cfg.inventory));
         assert_eq!(cfg.upstream.scrape_timeout, Duration::from_secs(10));
         assert!(matches!(cfg.inventory, InventoryConfig::File(_)));
     }
@@ -480,6 +515,33 @@ path = "/inv.toml"
         assert!(ProxyConfig::parse(&typo).is_err());
         let top = format!("lisen = \"0.0.0.0:1\"\n{MINIMAL}");
         assert!(ProxyConfig::parse(&top).is_err());
+    }
+
+    #[test]
+    fn etcd_source_parses_and_the_replicas_follow_it_unless_configured() {
+        let etcd = MINIMAL.replace(
+            "source = \"file\"\npath = \"/inv.toml\"",
+            "source = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]\nlease_ttl = \"3s\"",
+        );
+        let cfg = ProxyConfig::parse(&etcd).expect("etcd parses");
+        let InventoryConfig::Etcd(e) = &cfg.inventory else {
+            panic!("not etcd: {:?}", cfg.inventory);
+        };
+        assert_eq!(e.lease_ttl, Duration::from_secs(3));
+        assert_eq!(e.prefix, "/lookout/");
+        assert!(cfg.limits.follows_etcd(&cfg.inventory));
+        let fixed = ProxyConfig::parse(&format!("{etcd}\n[limits]\nreplicas = 2")).expect("parses");
+        assert!(!fixed.limits.follows_etcd(&fixed.inventory));
+        assert_eq!(fixed.limits.initial_replicas(), 2);
+        let bad = ProxyConfig::parse(&etcd.replace("127.0.0.1:2379", "ftp://x")).expect("parses");
+        assert!(
+            bad.problems()
+                .iter()
+                .any(|p| p.starts_with("inventory.endpoints")),
+            "{:?}",
+            bad.problems()
+        );
+        assert!(ProxyConfig::parse(&etcd.replace("lease_ttl", "lease_tll")).is_err());
     }
 
     #[test]
@@ -502,6 +564,27 @@ path = "/inv.toml"
         let dns = cfg.limits.replicas_dns.expect("replicas_dns");
         assert_eq!(dns.kind, RecordKind::A);
         assert_eq!(dns.server, Some(SocketAddr::from(([10, 0, 0, 53], 53))));
+
+        // The commented-out etcd [inventory] replaces the agents one once uncommented.
+        let (agents, rest) = text.split_once("[inventory]\n").expect("[inventory]");
+        let (_, rest) = rest
+            .split_once("# [inventory]\n# source = \"etcd\"\n")
+            .expect("the example documents the etcd source");
+        let (block, limits) = rest.split_once("\n[limits]").expect("[limits] after it");
+        let block: String = block
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        let cfg = ProxyConfig::parse(&format!(
+            "{agents}[inventory]\nsource = \"etcd\"\n{block}\n[limits]{limits}"
+        ))
+        .expect("the etcd example parses");
+        let InventoryConfig::Etcd(e) = &cfg.inventory else {
+            panic!("not etcd");
+        };
+        assert_eq!(e.endpoints.len(), 2);
+        assert!(e.tls.is_some());
+        assert!(cfg.limits.follows_etcd(&cfg.inventory));
     }
 
     #[test]
@@ -514,7 +597,11 @@ path = "/inv.toml"
         assert_eq!(dns.kind, RecordKind::A);
         assert_eq!(dns.refresh, Duration::from_secs(30));
         assert_eq!(dns.server, None);
-        assert_eq!(cfg.limits.replicas, 1, "the count until DNS answers");
+        assert_eq!(
+            cfg.limits.initial_replicas(),
+            1,
+            "the count until DNS answers"
+        );
 
         let cfg = with(
             "[limits]\nreplicas = 3\n[limits.replicas_dns]\nname = \"_p._tcp.example.com.\"\n\
@@ -527,7 +614,7 @@ path = "/inv.toml"
             (RecordKind::Srv, Duration::from_secs(5))
         );
         assert_eq!(dns.server, Some(SocketAddr::from(([127, 0, 0, 1], 5353))));
-        assert_eq!(cfg.limits.replicas, 3);
+        assert_eq!(cfg.limits.replicas, Some(3));
         let cfg =
             with("[limits.replicas_dns]\nname = \"p.example\"\nkind = \"aaaa\"\nserver = \"::1\"")
                 .expect("parses");

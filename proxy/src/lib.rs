@@ -20,10 +20,11 @@
 //! - [`refusal`]: the one place that maps these refusals to HTTP statuses;
 //! - [`upstream`]: the pooled mTLS client to agents.
 //!
-//! The replica count that divides the tenant limits is configured or learned from DNS
+//! The replica count that divides the tenant limits is configured, learned from DNS
 //! ([`limit::follow_replicas_dns`]: A/AAAA addresses or SRV targets of one name; a failed
-//! lookup keeps the last count). **Not built yet**: agent addresses from DNS per node (the
-//! inventory carries them).
+//! lookup keeps the last count), or — with the `etcd` inventory source — the number of
+//! replicas registered in etcd ([`registration`], [`limit::follow_replicas_etcd`]).
+//! **Not built yet**: agent addresses from DNS per node (the inventory carries them).
 
 pub mod config;
 mod der;
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod limit;
 pub mod pki;
 pub mod refusal;
+pub mod registration;
 pub mod server;
 pub mod telemetry;
 pub mod tenants;

@@ -11,7 +11,8 @@
 //! replica, so it protects each replica on its own. IPv6 sources are keyed by their /64,
 //! since one host commonly holds a whole /64.
 //!
-//! The replica count is configured (`[limits] replicas`) or read from DNS
+//! The replica count is configured (`[limits] replicas`), follows the replicas registered in
+//! etcd ([`follow_replicas_etcd`]), or is read from DNS
 //! ([`follow_replicas_dns`], `[limits.replicas_dns]`): the distinct A or AAAA addresses, or
 //! SRV targets, of one name, re-resolved every `refresh` and no later than the records' TTL.
 //! A failed lookup, or an answer listing nothing, keeps the last count in force — a DNS outage
@@ -34,6 +35,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use lookout_discovery::agents::resolve::{next_refresh, HickoryResolver, Targets};
+use lookout_discovery::etcd::EtcdStatus;
 use tokio::sync::watch;
 
 use crate::config::ReplicasDnsConfig;
@@ -257,6 +259,36 @@ pub async fn follow_replicas_dns<C: Clock + Clone>(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Keeps `limiter`'s replica count at the number of live proxy replicas the etcd source
+/// reports, until `shutdown` changes. A count of 0 (this replica not registered yet, or an
+/// empty read) keeps the count in force; so does an etcd outage, since the source keeps its
+/// last view. `telemetry.replicas` follows.
+pub async fn follow_replicas_etcd<C: Clock + Clone>(
+    limiter: &TenantLimiter<C>,
+    mut status: watch::Receiver<EtcdStatus>,
+    telemetry: &Telemetry,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let live = status.borrow_and_update().proxies;
+        let replicas = u32::try_from(live).unwrap_or(u32::MAX);
+        let before = limiter.replicas();
+        if replicas > 0 && replicas != before {
+            limiter.set_replicas(replicas);
+            tracing::info!(before, replicas, "replica count changed (etcd)");
+        }
+        telemetry.replicas.set(i64::from(limiter.replicas()));
+        tokio::select! {
+            r = status.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
             _ = shutdown.changed() => return,
         }
     }

@@ -14,7 +14,10 @@
 //!   it runs from the end of the handshake, HTTP/1.1 or h2) and size bound (hyper answers 431
 //!   to oversized headers).
 //! - **Replicas**: with `[limits.replicas_dns]`, the tenant limits follow the replica count
-//!   DNS lists ([`crate::limit::follow_replicas_dns`]).
+//!   DNS lists ([`crate::limit::follow_replicas_dns`]); with the `etcd` inventory source the
+//!   replica registers itself ([`crate::registration`]) and, unless `replicas` or
+//!   `replicas_dns` is set, the count follows the live registered replicas
+//!   ([`crate::limit::follow_replicas_etcd`]).
 //! - **Requests** are handled by [`handler`] (the order of checks is documented there).
 //! - **Admin listener**: plain HTTP (keep it on loopback): `GET /metrics` (OpenMetrics text of
 //!   [`crate::telemetry::Telemetry`]) and `GET /healthz`.
@@ -32,6 +35,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lookout_discovery::agents::HickoryResolver;
+use lookout_discovery::etcd::EtcdSource;
 use lookout_discovery::Shared;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -282,12 +286,22 @@ impl Proxy {
         let inventory = Shared::new();
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let mut etcd = None;
 
         match &config.inventory {
             InventoryConfig::Agents(a) => {
                 let watcher = lookout_discovery::agents::Watcher::new(a.clone())
                     .map_err(|e| StartError::Inventory(e.to_string()))?;
                 tasks.spawn(watcher.run(Arc::clone(&inventory), rx.clone()));
+            }
+            InventoryConfig::Etcd(e) => {
+                let source = EtcdSource::new(e.clone()).map_err(StartError::Inventory)?;
+                etcd = Some(source.status());
+                tasks.spawn(source.run(Arc::clone(&inventory), rx.clone()));
+                let id = crate::registration::replica_id();
+                tracing::info!(replica = %id, "registering this proxy replica in etcd");
+                crate::registration::start(e.clone(), &id, &mut tasks, rx.clone())
+                    .map_err(StartError::Inventory)?;
             }
             InventoryConfig::File(f) => {
                 tasks.spawn(lookout_discovery::file::watch(
@@ -319,7 +333,7 @@ impl Proxy {
             tenant_limits: TenantLimiter::new(
                 current_tenants.default_rate_limit(),
                 current_tenants.rate_overrides(),
-                config.limits.replicas,
+                config.limits.initial_replicas(),
             ),
             source_limits: SourceLimiter::new(config.limits.source),
             inventory: Arc::clone(&inventory),
@@ -350,6 +364,13 @@ impl Proxy {
             tasks.spawn(async move {
                 let (limits, telemetry) = (&state.tenant_limits, &state.telemetry);
                 crate::limit::follow_replicas_dns(limits, &resolver, &dns, telemetry, rx).await;
+            });
+        }
+        if let Some(status) = etcd.filter(|_| config.limits.follows_etcd(&config.inventory)) {
+            let (state, rx) = (Arc::clone(&state), rx.clone());
+            tasks.spawn(async move {
+                let (limits, telemetry) = (&state.tenant_limits, &state.telemetry);
+                crate::limit::follow_replicas_etcd(limits, status, telemetry, rx).await;
             });
         }
         tasks.spawn(serve(listener, state, config.limits.clone(), rx.clone()));
