@@ -1,7 +1,9 @@
 //! Agents registering in a real etcd, and the proxy-side `etcd` source reading them: two
 //! agents standing for two nodes (each with its own runc state root and real containers),
-//! containers coming and going, a clean agent stop (its lease revoked: gone at once), an
-//! agent crash (gone after the lease TTL, the other node untouched) and its restart.
+//! containers coming and going, a clean agent stop (its lease revoked: gone at once), and a
+//! `lookout agent` process killed (gone after the lease TTL — not before its last keep-alive
+//! could lapse — the other node untouched), restarted, and stopped by SIGTERM (its lease
+//! revoked: gone long before the TTL).
 //!
 //! Needs root, `runc`, `busybox-static` and `/usr/bin/etcd` (Debian's `etcd-server`); the
 //! harnesses panic naming what is missing.
@@ -71,9 +73,10 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// An agent for `node` registering in `etcd`, listening on (and advertising) `port`.
-async fn start_agent(pki: &Pki, etcd: &Etcd, node: &str, root: &Path, port: u16) -> Agent {
-    let text = format!(
+/// The configuration of an agent for `node` registering in `etcd` with lease `ttl`,
+/// listening on (and advertising) `port`.
+fn agent_toml(pki: &Pki, etcd: &Etcd, node: &str, root: &Path, port: u16, ttl: Duration) -> String {
+    format!(
         r#"node_id = "{node}"
 listen = "127.0.0.1:{port}"
 [tls]
@@ -96,12 +99,53 @@ backoff = {{ min = "100ms", max = "500ms" }}
         ca = pki.path("ca.pem"),
         root = root.display(),
         endpoint = etcd.endpoint(),
-        ttl = TTL.as_secs(),
-    );
+        ttl = ttl.as_secs(),
+    )
+}
+
+/// An agent in this process (see [`agent_toml`]), with the test's [`TTL`].
+async fn start_agent(pki: &Pki, etcd: &Etcd, node: &str, root: &Path, port: u16) -> Agent {
+    let text = agent_toml(pki, etcd, node, root, port, TTL);
     let cfg = AgentConfig::parse(&text).expect("agent config parses");
     let problems = cfg.problems();
     assert!(problems.is_empty(), "agent config problems: {problems:?}");
     Agent::start(cfg).await.expect("agent starts")
+}
+
+/// `lookout agent` as its own process, so that it can crash (SIGKILL: no revoke) or stop
+/// on SIGTERM. Killed when dropped.
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    fn start(pki: &Pki, config: &str) -> AgentProcess {
+        let path = pki.dir.path().join(format!("agent-{}.toml", free_port()));
+        std::fs::write(&path, config).expect("write agent config");
+        let log = std::fs::File::create(path.with_extension("log")).expect("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+            .arg("agent")
+            .arg("--config")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn lookout agent");
+        AgentProcess(child)
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::Term).expect("SIGTERM");
+        self.0.wait().expect("wait")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `(runtime_id, node)` of every instance, sorted.
@@ -205,8 +249,10 @@ async fn agents_register_their_containers_and_leave_on_stop_crash_and_return() {
     until(&shared, PROPAGATION, &[("etcd-b1", "node-b")]).await;
     assert!(!shared.load().nodes.contains_key("node-a"));
 
-    // node-a comes back, then crashes (its tasks dropped: no revoke): gone after the TTL.
-    let agent1 = start_agent(&pki, &etcd, "node-a", runc1.state_root(), port1).await;
+    // node-a comes back as a `lookout agent` process, then crashes (SIGKILL: no revoke):
+    // gone after the lease TTL, not before.
+    let toml = agent_toml(&pki, &etcd, "node-a", runc1.state_root(), port1, TTL);
+    let process = AgentProcess::start(&pki, &toml);
     until(
         &shared,
         SLOW,
@@ -214,15 +260,30 @@ async fn agents_register_their_containers_and_leave_on_stop_crash_and_return() {
     )
     .await;
     let crashed = Instant::now();
-    drop(agent1);
+    drop(process);
     until(&shared, SLOW, &[("etcd-b1", "node-b")]).await;
     assert!(
-        crashed.elapsed() >= TTL - Duration::from_millis(500),
+        crashed.elapsed() >= TTL / 2,
         "node-a left after {:?}, before its lease could expire",
         crashed.elapsed()
     );
     assert!(shared.load().nodes.contains_key("node-b"));
     assert_eq!(shared.status().last_error, None);
+
+    // SIGTERM stops the process cleanly: its lease is revoked, so node-a leaves long before
+    // the (here 60 s) lease could expire.
+    let long = Duration::from_secs(60);
+    let toml = agent_toml(&pki, &etcd, "node-a", runc1.state_root(), port1, long);
+    let process = AgentProcess::start(&pki, &toml);
+    until(
+        &shared,
+        SLOW,
+        &[("etcd-a1", "node-a"), ("etcd-b1", "node-b")],
+    )
+    .await;
+    let exit = process.terminate();
+    assert!(exit.success(), "lookout agent exited with {exit}");
+    until(&shared, SLOW, &[("etcd-b1", "node-b")]).await;
 
     agent2.shutdown().await;
     until(&shared, PROPAGATION, &[]).await;

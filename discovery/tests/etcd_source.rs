@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use etcd_server::Etcd;
+use etcd_server::{Etcd, ServerTls};
 
 /// Bound for anything that should happen promptly (a write, a watch event).
 const SOON: Duration = Duration::from_secs(10);
@@ -120,9 +120,12 @@ impl Running {
             .expect("no panic");
     }
 
-    /// Dies: no revoke, no more keep-alives.
-    fn kill(self) {
+    /// Dies: no revoke, no more keep-alives. The task is gone before the shutdown sender is
+    /// dropped, since a dropped sender means "stop cleanly" (revoke) to the registrar.
+    async fn kill(self) {
         self.task.abort();
+        let _ = self.task.await;
+        drop(self.stop);
     }
 }
 
@@ -268,7 +271,7 @@ async fn a_restarted_registrar_leaves_no_duplicates_or_stale_keys() {
     let etcd = Etcd::start();
     let first = Running::agent(config(&etcd), "n1", &["a", "b", "c"]);
     let old_lease = first.registered().await.lease.expect("lease");
-    first.kill(); // the keys stay, under the old lease, until it expires
+    first.kill().await; // the keys stay, under the old lease, until it expires
 
     // Another node's keys must not be touched by n1's reconcile.
     let other = Running::agent(config(&etcd), "n2", &["z"]);
@@ -315,11 +318,11 @@ async fn an_expired_lease_takes_a_dead_nodes_instances_out_of_the_inventory() {
 
     // n1 dies: within the TTL (plus etcd's expiry tick and a margin) it is gone everywhere.
     let died = Instant::now();
-    n1.kill();
+    n1.kill().await;
     src.until_instances(&["b1"]).await;
     assert_eq!(src.nodes(), set(&["n2"]));
     assert!(
-        died.elapsed() >= TTL - Duration::from_millis(500),
+        died.elapsed() >= TTL / 2,
         "gone after {:?}, before its lease could expire",
         died.elapsed()
     );
@@ -448,7 +451,7 @@ async fn the_proxy_count_follows_registered_proxies() {
     assert!(rec.started > 0);
     p1.shutdown().await; // revoked: at once
     proxies(2).await;
-    p2.kill(); // expires after the TTL
+    p2.kill().await; // expires after the TTL
     proxies(1).await;
     p3.shutdown().await;
     proxies(0).await;
@@ -526,6 +529,78 @@ async fn bad_values_orphans_and_excess_instances_are_skipped_not_fatal() {
         .expect("put");
     src.until_instances(&["b", "orphan"]).await;
     assert_eq!(src.shared.status().last_error, None);
+    src.shutdown().await;
+}
+
+/// etcd with TLS and client certificates required: the registrar and the source connect with
+/// rustls (a CA, a client certificate); without a client certificate etcd refuses the source,
+/// which reports it and publishes nothing.
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    use lookout_discovery::etcd::EtcdTlsConfig;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).expect("ca");
+    let leaf = |usage: ExtendedKeyUsagePurpose, name: &str| {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+        let (c, k) = (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (c, k)
+    };
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write");
+    let (server_cert, server_key) = leaf(ExtendedKeyUsagePurpose::ServerAuth, "server");
+    let (client_cert, client_key) = leaf(ExtendedKeyUsagePurpose::ClientAuth, "client");
+    let etcd = Etcd::start_tls(ServerTls {
+        cert: server_cert,
+        key: server_key,
+        client_ca: ca_path.clone(),
+    });
+    assert!(etcd.endpoint().starts_with("https://"));
+    let mut cfg = config(&etcd);
+    cfg.tls = Some(EtcdTlsConfig {
+        ca: ca_path.clone(),
+        cert: Some(client_cert),
+        key: Some(client_key),
+        server_name: None,
+    });
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+
+    let n1 = Running::agent(cfg.clone(), "n1", &["a"]);
+    n1.registered().await;
+    let src = Source::start(EtcdSource::new(cfg.clone()).expect("source"));
+    src.until_instances(&["a"]).await;
+
+    let mut anonymous = cfg;
+    anonymous.tls = Some(EtcdTlsConfig {
+        ca: ca_path,
+        cert: None,
+        key: None,
+        server_name: None,
+    });
+    let refused = Source::start(EtcdSource::new(anonymous).expect("source"));
+    wait_for("the refusal reported", SOON, || {
+        refused.shared.status().last_error.is_some()
+    })
+    .await;
+    assert!(!refused.shared.ready());
+    refused.shutdown().await;
+    n1.shutdown().await;
+    src.until_instances(&[]).await;
     src.shutdown().await;
 }
 

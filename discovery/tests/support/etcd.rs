@@ -23,12 +23,34 @@ pub struct Etcd {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: Option<ServerTls>,
     child: Option<Child>,
+}
+
+/// TLS on etcd's client URL: its certificate and key, and the CA client certificates must
+/// chain to (`--client-cert-auth`).
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Server certificate (PEM), valid for 127.0.0.1.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// CA of client certificates.
+    pub client_ca: PathBuf,
 }
 
 impl Etcd {
     /// Starts etcd on two free loopback ports and waits until it answers `/health`.
     pub fn start() -> Etcd {
+        Etcd::start_with(None)
+    }
+
+    /// Like [`Etcd::start`], with TLS and client certificates required on the client URL.
+    pub fn start_tls(tls: ServerTls) -> Etcd {
+        Etcd::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Etcd {
         assert!(
             std::path::Path::new(ETCD).exists(),
             "{ETCD} is missing: install Debian's etcd-server (deploy/test.sh does)"
@@ -47,6 +69,7 @@ impl Etcd {
             dir,
             client_port,
             peer_port,
+            tls,
             child: None,
         };
         etcd.restart();
@@ -55,7 +78,8 @@ impl Etcd {
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Kills etcd (SIGKILL: no goodbye to clients) and waits for it to exit.
@@ -76,7 +100,17 @@ impl Etcd {
             .open(self.log_path())
             .expect("etcd log");
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(ETCD)
+        let mut cmd = Command::new(ETCD);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "default"])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
@@ -118,7 +152,8 @@ impl Etcd {
         }
     }
 
-    /// `GET /health` answers `"health":"true"`.
+    /// `GET /health` answers `"health":"true"` (with TLS: the port accepts connections, and
+    /// clients retry until etcd has elected itself).
     fn healthy(&self) -> bool {
         let addr = format!("127.0.0.1:{}", self.client_port);
         let Ok(mut s) =
@@ -126,6 +161,9 @@ impl Etcd {
         else {
             return false;
         };
+        if self.tls.is_some() {
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
         if s.write_all(req.as_bytes()).is_err() {
