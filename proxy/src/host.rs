@@ -173,7 +173,11 @@ fn check_port(p: &str) -> Option<()> {
         .map(|_| ())
 }
 
-/// A lowercase DNS name: dot-separated labels, total at most 253 characters.
+/// A lowercase DNS name: dot-separated labels, total at most 253 characters, the last not all
+/// digits. A name like that is an IPv4 literal (`10.0.0.5`, which routes as an IP, never as a
+/// name) or no host name at all (RFC 1123 §2.1); accepted as a base name or suffix, it
+/// configured a name no request could reach.
 fn is_dns_name(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
+    let last = s.rsplit_once('.').map_or(s, |(_, last)| last);
+    s.len() <= 253 && s.split('.').all(is_dns_label) && !last.bytes().all(|b| b.is_ascii_digit())
 }
