@@ -430,11 +430,13 @@ pub fn ssh_key_spki(line: &str) -> Result<Vec<u8>, String> {
             let n =
                 k.n.as_positive_bytes()
                     .ok_or("RSA modulus is not positive")?;
-            if n.len() * 8 < 2048 {
-                return Err(format!(
-                    "RSA key of {} bits; at least 2048 required",
-                    n.len() * 8
-                ));
+            // Count bits, not bytes: a 256-byte modulus starting 0x01 is a 2041-bit key.
+            let n = &n[n.iter().take_while(|&&b| b == 0).count()..];
+            let bits = n
+                .first()
+                .map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize);
+            if bits < 2048 {
+                return Err(format!("RSA key of {bits} bits; at least 2048 required"));
             }
             Ok(crate::der::rsa_spki(k.n.as_bytes(), k.e.as_bytes()))
         }
