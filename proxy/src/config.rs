@@ -58,6 +58,7 @@
 //! max_connections = 4096               # open client connections, beyond which new ones close
 //! handshake_timeout = "10s"            # TLS handshake bound
 //! header_read_timeout = "10s"          # request headers bound (HTTP/1.1)
+//! idle_timeout = "2m"                  # a connection with no new request this long is closed
 //! max_header_bytes = 16384             # request header bytes (at least 8192)
 //! source = { per_second = 50.0, burst = 200 }   # per source address, before authentication
 //!
@@ -224,6 +225,11 @@ pub struct LimitsConfig {
     /// Time a client has to send a request's headers (HTTP/1.1). Default 10 s.
     #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// A client connection on which no request has started for this long is closed
+    /// gracefully (requests in flight finish first), HTTP/1.1 and HTTP/2 alike. Default 2 min:
+    /// longer than any sane scrape interval, so Prometheus keeps its connection.
+    #[serde(default = "two_minutes", with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Most bytes of request headers. Default 16384; at least 8192.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -241,6 +247,7 @@ impl Default for LimitsConfig {
             max_connections: default_max_connections(),
             handshake_timeout: ten_seconds(),
             header_read_timeout: ten_seconds(),
+            idle_timeout: two_minutes(),
             max_header_bytes: default_max_header_bytes(),
             source: default_source_rate(),
         }
@@ -292,6 +299,10 @@ fn default_listen() -> SocketAddr {
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9165))
 }
+fn two_minutes() -> Duration {
+    Duration::from_secs(120)
+}
+
 fn ten_seconds() -> Duration {
     Duration::from_secs(10)
 }
@@ -454,6 +465,7 @@ impl ProxyConfig {
         for (name, d) in [
             ("limits.handshake_timeout", l.handshake_timeout),
             ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
             ("tls.reload_interval", self.tls.reload_interval),
             ("tenants_reload_interval", self.tenants_reload_interval),
             ("upstream.connect_timeout", self.upstream.connect_timeout),

@@ -41,7 +41,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{InventoryConfig, LimitsConfig, ProxyConfig, ServerTlsConfig};
@@ -536,26 +536,19 @@ async fn serve(
             // auto builder learns from the first bytes, and HTTP/2 has none: a client silent
             // after the handshake would hold its slot forever. So the first request must
             // reach the service within `header_read_timeout` of the handshake, whatever the
-            // protocol; hyper's own deadline bounds later HTTP/1.1 requests.
-            let first_request = Arc::new(Notify::new());
+            // protocol, and later ones within `idle_timeout` of the one before (hyper's own
+            // deadline bounds the headers of later HTTP/1.1 requests once they start).
+            let activity = Arc::new(Activity::new());
             let service = {
-                let first_request = Arc::clone(&first_request);
+                let activity = Arc::clone(&activity);
                 hyper::service::service_fn(move |req| {
-                    first_request.notify_one();
+                    activity.request_started();
                     let state = Arc::clone(&state);
                     let conn = Arc::clone(&conn);
                     async move { Ok::<_, Infallible>(state.handle(&conn, req).await) }
                 })
             };
-            let no_first_request = async {
-                let first = first_request.notified();
-                if tokio::time::timeout(limits.header_read_timeout, first)
-                    .await
-                    .is_ok()
-                {
-                    std::future::pending::<()>().await;
-                }
-            };
+            let idle = activity.idle(limits.header_read_timeout, limits.idle_timeout);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -574,8 +567,16 @@ async fn serve(
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 }
-                () = no_first_request => {
-                    tracing::debug!(%peer, "no request within the header deadline; closing");
+                first = idle => {
+                    if first {
+                        tracing::debug!(%peer, "no request within the header deadline; closing");
+                    } else {
+                        // Requests in flight finish (their bodies are bounded by the scrape
+                        // deadline); no new one is taken.
+                        tracing::debug!(%peer, "connection idle; closing");
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(IDLE_DRAIN, conn).await;
+                    }
                 }
                 _ = stop.changed() => {
                     conn.as_mut().graceful_shutdown();
@@ -586,6 +587,50 @@ async fn serve(
         while conns.try_join_next().is_some() {}
     }
     conns.shutdown().await;
+}
+
+/// How long an idle connection's requests in flight may still run after it is told to close.
+const IDLE_DRAIN: Duration = Duration::from_secs(130);
+
+/// When the last request on a connection started.
+struct Activity {
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+    start: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            last: std::sync::Mutex::new(None),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn request_started(&self) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
+    }
+
+    /// Resolves once no request has started for `first` after the handshake (`true`), or
+    /// for `idle` after the last request started (`false`).
+    async fn idle(&self, first: Duration, idle: Duration) -> bool {
+        loop {
+            let last = *self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = match last {
+                None => self.start + first,
+                Some(t) => t + idle,
+            };
+            if tokio::time::Instant::now() >= due {
+                return last.is_none();
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
 }
 
 /// Decrements the open-connections gauge when a connection task ends, however it ends.
@@ -668,4 +713,38 @@ fn admin_response(status: u16, content_type: &str, body: String) -> http::Respon
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_is_idle_after_the_first_or_the_idle_deadline() {
+        let first = Duration::from_millis(200);
+        let idle = Duration::from_millis(400);
+        let margin = Duration::from_secs(3);
+
+        let a = Activity::new();
+        let t = tokio::time::Instant::now();
+        assert!(a.idle(first, idle).await, "no request: the first deadline");
+        assert!(t.elapsed() >= first && t.elapsed() < first + margin);
+
+        // Requests keep it alive; once they stop, it is idle `idle` after the last one.
+        let a = Arc::new(Activity::new());
+        let watch = tokio::spawn({
+            let a = Arc::clone(&a);
+            async move { a.idle(first, idle).await }
+        });
+        for _ in 0..4 {
+            a.request_started();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert!(!watch.is_finished(), "requests every 150 ms keep it open");
+        let last = tokio::time::Instant::now() - Duration::from_millis(150);
+        let was_first = watch.await.expect("join");
+        assert!(!was_first);
+        assert!(last.elapsed() >= idle - Duration::from_millis(10));
+        assert!(last.elapsed() < idle + margin);
+    }
 }
