@@ -11,10 +11,15 @@
 //! agent's tests cannot depend on the proxy, so one file could not serve both:
 //! - [`agent`]: procfs, cgroupfs, runtime state, the agent's HTTP inputs and config, instance
 //!   naming — shadowed by `agent/tests/parsers_never_panic.rs`;
+//! - [`proxy`]: Host/SNI routing, the tenants file, credentials (bearer tokens, key
+//!   fingerprints, SSH keys, certificates) and discovery queries — shadowed by
+//!   `proxy/tests/parsers_never_panic.rs`.
 //!
 //! `src/shadow.rs` is not a module of this crate: it is the runner both tests share (inputs,
 //! mutations, deadline, seed-list checks).
 
 pub mod agent;
+pub mod proxy;
 
 pub use agent::{cgroupfs, config, http_inputs, naming, procfs, runtime_state};
+pub use proxy::{credentials, host_sni, sd_query, tenants_file};

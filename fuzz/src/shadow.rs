@@ -34,7 +34,7 @@ pub const AGENT_TARGETS: [&str; 6] = [
 ];
 
 /// The fuzz targets shadowed by `proxy/tests/parsers_never_panic.rs`.
-pub const PROXY_TARGETS: [&str; 0] = [];
+pub const PROXY_TARGETS: [&str; 4] = ["host_sni", "tenants_file", "credentials", "sd_query"];
 
 /// A fuzz target as the shadow tests run it.
 pub struct Target {
