@@ -1,6 +1,10 @@
-//! The etcd-mode example configurations hold: `deploy/config/etcd/{agent,proxy}.toml` pass
-//! `lookout … --check-config` once their certificate paths point at real files, and write out
-//! every etcd option with its default.
+//! The etcd-mode deployment examples hold: `deploy/config/etcd/{agent,proxy}.toml` pass
+//! `lookout … --check-config` once their certificate paths point at real files and write out
+//! every etcd option with its default; `deploy/k8s` keeps its promises (host paths read-only,
+//! the systemd unit's capabilities and bounds, probes, replicas, ports) and its ConfigMaps'
+//! configurations pass `--check-config` inside the pods' assembled filesystems
+//! (`tests/k8s_manifests.py`, which needs `python3` with PyYAML — Debian's python3-yaml — and
+//! `busybox`, both installed by `deploy/test.sh`; it fails loudly without them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,8 +40,8 @@ fn check_config(kind: &str, config: &Path) -> (i32, String) {
     ])
 }
 
-/// Every certificate and key the examples name: valid pairs, so that `--check-config` loads
-/// them as it would in production.
+/// Every certificate and key the examples and the Secrets name, under the Secrets' key names:
+/// valid pairs, so that `--check-config` loads them as it would in production.
 fn pems(dir: &Path) {
     let ca = |name: &str| {
         let key = rcgen::KeyPair::generate().expect("key");
@@ -210,4 +214,29 @@ fn etcd_proxy_example_passes_check_config_with_every_default() {
     };
     assert_eq!(code, 2, "a missing etcd key is caught: {out}");
     assert!(out.contains("inventory.tls.key"), "{out}");
+}
+
+#[test]
+fn kubernetes_manifests_keep_their_promises() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem_dir = dir.path().join("pems");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&pem_dir).expect("mkdir");
+    std::fs::create_dir(&work).expect("mkdir");
+    pems(&pem_dir);
+    let out = Command::new("python3")
+        .arg(repo().join("tests/k8s_manifests.py"))
+        .arg(repo())
+        .arg(env!("CARGO_BIN_EXE_lookout"))
+        .arg(&pem_dir)
+        .arg(&work)
+        .output()
+        .expect("python3 is required (deploy/test.sh installs it with python3-yaml)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "deploy/k8s:\n{text}");
+    assert!(text.contains("all checks passed"), "{text}");
 }
