@@ -13,7 +13,9 @@
 //! | `<prefix>nodes/<node-id>` | [`Node`](crate::Node): `{"id","agent":"host:port","hostname"}` | the agent's | agent |
 //! | `<prefix>instances/<node-id>/<instance-id>` | [`Instance`](crate::Instance), one key per instance | the agent's | agent |
 //! | `<prefix>proxies/<proxy-id>` | [`ProxyRecord`]: `{"id","started","advertise"?}` | the proxy's | proxy |
-//! | `<prefix>tenants/<name>` | reserved: tenants, roles, credentials, limits | none | `lookout tenants` (to come) |
+//! | `<prefix>tenants/<name>` | one tenant: the fields of a `[[tenant]]` table of the tenants file, as JSON | none | `lookout tenants` |
+//! | `<prefix>tenants-config/defaults` | the tenants file's `[defaults]`: `{"rate_limit":{"per_second","burst"}}` | none | `lookout tenants set-limit --default` |
+//! | `<prefix>tenants-config/revoked` | its `[revoked]`: `{"spki_sha256":["<hex>",…]}` | none | `lookout tenants revoke` |
 //!
 //! - The node id is in both the node key and each instance key, and inside the values; a
 //!   value that contradicts its key is refused. Ids are DNS labels, so they never contain `/`.
@@ -23,6 +25,13 @@
 //!   `agents` source): two agents claiming one node id overwrite each other.
 //! - The number of live `proxies/` keys is the replica count that divides cluster-wide rate
 //!   limits ([`EtcdStatus::proxies`]).
+//! - Tenant keys are read by the proxy's tenants (`lookout_proxy::tenants::etcd`, which
+//!   validates them with the tenants file's rules), not by the inventory source. One range,
+//!   `[<prefix>tenants, <prefix>tenantt)` ([`Keys::tenants_range`]), covers `tenants/` and
+//!   `tenants-config/`, so one read and one watch ([`mirror`]) see them at a single revision.
+//!   The name in a tenant key and in its value must agree. They carry no lease: tenants
+//!   outlive every process. `lookout tenants` writes them in transactions that fail when any
+//!   tenants key changed since it read them, so concurrent edits are retried, never lost.
 //! - Anything else under the prefix is ignored by this version, so later kinds of keys can be
 //!   added without breaking older proxies.
 //!
@@ -44,16 +53,22 @@
 //!
 //! # Not here
 //!
-//! Tenants in etcd (`lookout tenants`), etcd user/password authentication.
+//! What tenant records mean (the proxy's `tenants` module), etcd user/password
+//! authentication.
 
 mod client;
 pub mod config;
 pub mod keys;
+pub mod mirror;
+pub mod range;
 pub mod registrar;
 pub mod source;
 
-pub use client::{EtcdError, MAX_MESSAGE_BYTES};
+pub use client::{bounded, connect, EtcdError, MAX_MESSAGE_BYTES};
 pub use config::{EtcdConfig, EtcdTlsConfig};
+/// The etcd client [`connect`] returns.
+pub use etcd_client::Client;
 pub use keys::{Key, Keys, ProxyRecord};
+pub use mirror::{Mirror, MirrorStatus, Snapshot};
 pub use registrar::{agent_keys, proxy_keys, Desired, Registrar, RegistrarStatus, Scope};
 pub use source::{EtcdSource, EtcdStatus};

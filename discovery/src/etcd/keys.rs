@@ -53,8 +53,10 @@ pub enum Key<'a> {
     },
     /// `proxies/<id>`.
     Proxy(&'a str),
-    /// `tenants/<name>` (reserved for tenants; not read by the inventory source).
+    /// `tenants/<name>`: one tenant record (read by the proxy's tenants, not the inventory).
     Tenant(&'a str),
+    /// `tenants-config/<item>`: `defaults` or `revoked` of the tenants (idem).
+    TenantsConfig(&'a str),
     /// Anything else under the prefix (ignored: room for later kinds of keys).
     Other,
 }
@@ -103,9 +105,28 @@ impl Keys {
         format!("{}proxies/{id}", self.prefix)
     }
 
-    /// `<prefix>tenants/`: reserved for tenants, roles, credentials and limits.
+    /// `<prefix>tenants/`: every tenant record.
     pub fn tenants(&self) -> String {
         format!("{}tenants/", self.prefix)
+    }
+
+    /// `<prefix>tenants/<name>`: one tenant's record.
+    pub fn tenant(&self, name: &str) -> String {
+        format!("{}tenants/{name}", self.prefix)
+    }
+
+    /// `<prefix>tenants-config/<item>`: the tenants' `defaults` or `revoked`.
+    pub fn tenants_config(&self, item: &str) -> String {
+        format!("{}tenants-config/{item}", self.prefix)
+    }
+
+    /// The one key range holding every tenants key, `tenants/…` and `tenants-config/…` alike
+    /// (`[<prefix>tenants, <prefix>tenantt)`), so that one read and one watch see them at a
+    /// single revision. Nothing else lookout writes falls in it.
+    pub fn tenants_range(&self) -> (Vec<u8>, Vec<u8>) {
+        let start = format!("{}tenants", self.prefix).into_bytes();
+        let end = prefix_end(&start);
+        (start, end)
     }
 
     /// What `key` names. Keys outside the prefix, not UTF-8, or with empty or extra
@@ -123,6 +144,7 @@ impl Keys {
             "nodes" => one(tail).map_or(Key::Other, Key::Node),
             "proxies" => one(tail).map_or(Key::Other, Key::Proxy),
             "tenants" => one(tail).map_or(Key::Other, Key::Tenant),
+            "tenants-config" => one(tail).map_or(Key::Other, Key::TenantsConfig),
             "instances" => match tail.split_once('/') {
                 Some((node, id)) => match (one(node), one(id)) {
                     (Some(node), Some(id)) => Key::Instance { node, id },
@@ -266,6 +288,19 @@ mod tests {
         );
         assert_eq!(k.parse(k.proxy("p-1").as_bytes()), Key::Proxy("p-1"));
         assert_eq!(k.parse(b"/lookout/tenants/acme"), Key::Tenant("acme"));
+        assert_eq!(k.parse(k.tenant("acme").as_bytes()), Key::Tenant("acme"));
+        assert_eq!(
+            k.parse(k.tenants_config("revoked").as_bytes()),
+            Key::TenantsConfig("revoked")
+        );
+        let (start, end) = k.tenants_range();
+        for inside in [k.tenant("a"), k.tenants_config("defaults")] {
+            assert!(start.as_slice() <= inside.as_bytes() && inside.as_bytes() < end.as_slice());
+        }
+        for outside in [k.node("n1"), k.proxy("p"), k.instance("n", "i")] {
+            let o = outside.as_bytes();
+            assert!(o < start.as_slice() || o >= end.as_slice(), "{outside}");
+        }
         for other in [
             &b"/other/nodes/n1"[..],
             b"/lookout/nodes/",

@@ -376,7 +376,7 @@ impl View {
                 self.proxies.insert(id.to_string(), p);
                 Ok(false)
             }
-            Key::Tenant(_) | Key::Other => Ok(false),
+            Key::Tenant(_) | Key::TenantsConfig(_) | Key::Other => Ok(false),
         }
     }
 
@@ -392,7 +392,7 @@ impl View {
                 self.proxies.remove(id);
                 false
             }
-            Key::Tenant(_) | Key::Other => false,
+            Key::Tenant(_) | Key::TenantsConfig(_) | Key::Other => false,
         }
     }
 
