@@ -9,8 +9,13 @@
 //! ip_literals_are_base = false         # optional: `Host: 10.0.0.5:9163` is the discovery host
 //! dns_suffix = "lookout.example.com"   # `<id>.<dns_suffix>` names instances and nodes
 //! sd_port = 9163                       # port in HTTP SD targets; default: the listen port
-//! tenants_file = "/etc/lookout/tenants.toml"
+//! tenants_file = "/etc/lookout/tenants.toml"   # optional with [tenants] etcd
 //! tenants_reload_interval = "10s"      # how often the tenants file is checked (default)
+//!
+//! [tenants]                            # optional: tenants in etcd too (`lookout tenants`)
+//! etcd = true                          # through the [inventory] etcd connection (source =
+//!                                      # "etcd"); or a table of its own: [tenants.etcd] with
+//!                                      # the keys of lookout_discovery::etcd::EtcdConfig
 //!
 //! [tls]                                # the tenants-facing listener
 //! cert = "/etc/lookout/server.pem"     # SANs: base_name and *.<dns_suffix>
@@ -109,11 +114,16 @@ pub struct ProxyConfig {
     /// Port written into HTTP SD targets. Default: the port of `listen`.
     #[serde(default)]
     pub sd_port: Option<u16>,
-    /// The tenants file ([`crate::tenants`]).
-    pub tenants_file: PathBuf,
+    /// The tenants file ([`crate::tenants`]). Optional when `[tenants] etcd` is set; with
+    /// both, the two sets are merged.
+    #[serde(default)]
+    pub tenants_file: Option<PathBuf>,
     /// How often the tenants file is checked for changes. Default 10 s.
     #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub tenants_reload_interval: Duration,
+    /// Tenants from etcd.
+    #[serde(default)]
+    pub tenants: TenantsSection,
     /// The listener's certificate and the tenant CA.
     pub tls: ServerTlsConfig,
     /// The connection to agents.
@@ -123,6 +133,47 @@ pub struct ProxyConfig {
     /// Bounds.
     #[serde(default)]
     pub limits: LimitsConfig,
+}
+
+/// `[tenants]`: where tenants come from besides `tenants_file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsSection {
+    /// Read tenants from etcd too (`<prefix>tenants/…`, [`crate::tenants::etcd`]), watched
+    /// and applied without restart. Default: no.
+    #[serde(default)]
+    pub etcd: TenantsEtcd,
+}
+
+/// `[tenants] etcd`: `false` (default), `true` (the `[inventory]` etcd connection and prefix),
+/// or a table: a connection of its own ([`EtcdConfig`]), e.g. with the `agents` inventory.
+#[derive(Debug, Clone, Default)]
+pub enum TenantsEtcd {
+    /// Tenants come from the file only.
+    #[default]
+    Off,
+    /// Through the `[inventory]` etcd connection (`source = "etcd"`).
+    Inventory,
+    /// Through this connection.
+    Own(Box<EtcdConfig>),
+}
+
+impl<'de> Deserialize<'de> for TenantsEtcd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Read the value first, so that a table's mistakes are reported as EtcdConfig's
+        // (unknown field, bad duration) rather than as "matched no variant".
+        match toml::Value::deserialize(d)? {
+            toml::Value::Boolean(false) => Ok(TenantsEtcd::Off),
+            toml::Value::Boolean(true) => Ok(TenantsEtcd::Inventory),
+            v @ toml::Value::Table(_) => v
+                .try_into::<EtcdConfig>()
+                .map(|e| TenantsEtcd::Own(Box::new(e)))
+                .map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "want true, false, or a table of etcd settings",
+            )),
+        }
+    }
 }
 
 /// The tenants-facing TLS material (PEM files), re-read when they change.
@@ -367,6 +418,16 @@ impl ProxyConfig {
         toml::from_str(text)
     }
 
+    /// The etcd connection tenants are read from, if any (`[tenants] etcd`).
+    pub fn tenants_etcd(&self) -> Option<&EtcdConfig> {
+        match (&self.tenants.etcd, &self.inventory) {
+            (TenantsEtcd::Off, _) => None,
+            (TenantsEtcd::Own(e), _) => Some(e),
+            (TenantsEtcd::Inventory, InventoryConfig::Etcd(e)) => Some(e),
+            (TenantsEtcd::Inventory, _) => None,
+        }
+    }
+
     /// The port HTTP SD targets carry (the listen port when `sd_port` is not set; a running
     /// proxy listening on port 0 uses the port it got).
     pub fn sd_port(&self) -> u16 {
@@ -393,8 +454,10 @@ impl ProxyConfig {
             ("upstream.cert", &self.upstream.cert),
             ("upstream.key", &self.upstream.key),
             ("upstream.ca", &self.upstream.ca),
-            ("tenants_file", &self.tenants_file),
         ];
+        if let Some(f) = &self.tenants_file {
+            files.push(("tenants_file", f));
+        }
         if let Some(ca) = &self.tls.tenant_ca {
             files.push(("tls.tenant_ca", ca));
         }
@@ -409,8 +472,27 @@ impl ProxyConfig {
             if let Err(e) = crate::server::TlsMaterial::load(&self.tls) {
                 p.push(format!("tls: {e}"));
             }
-            if let Err(e) = crate::tenants::Tenants::load(&self.tenants_file) {
-                p.push(e.to_string());
+            if let Some(f) = &self.tenants_file {
+                if let Err(e) = crate::tenants::Tenants::load(f) {
+                    p.push(e.to_string());
+                }
+            }
+        }
+        match (&self.tenants.etcd, &self.inventory) {
+            (TenantsEtcd::Off, _) if self.tenants_file.is_none() => p.push(
+                "tenants_file: set it, or [tenants] etcd, or both: no tenant could authenticate"
+                    .into(),
+            ),
+            (TenantsEtcd::Inventory, InventoryConfig::Etcd(_)) | (TenantsEtcd::Off, _) => {}
+            (TenantsEtcd::Inventory, _) => p.push(
+                "tenants.etcd = true uses the [inventory] etcd connection, but the inventory \
+                 source is not \"etcd\"; give [tenants.etcd] endpoints of its own"
+                    .into(),
+            ),
+            (TenantsEtcd::Own(e), _) => {
+                for problem in e.problems() {
+                    p.push(format!("tenants.etcd.{problem}"));
+                }
             }
         }
         match &self.inventory {
@@ -557,6 +639,62 @@ path = "/inv.toml"
     }
 
     #[test]
+    fn tenants_come_from_the_file_etcd_or_both() {
+        let etcd_inventory = MINIMAL.replace(
+            "source = \"file\"\npath = \"/inv.toml\"",
+            "source = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]\nprefix = \"/x/\"",
+        );
+        let no_file =
+            |text: &str| text.replace("tenants_file = \"/nonexistent/tenants.toml\"\n", "");
+        let with = |text: &str, table: &str| {
+            ProxyConfig::parse(&text.replace("[tls]", &format!("{table}\n[tls]"))).expect("parses")
+        };
+        let problem =
+            |cfg: &ProxyConfig, needle: &str| cfg.problems().iter().any(|p| p.contains(needle));
+
+        // The file alone: as before.
+        let cfg = ProxyConfig::parse(MINIMAL).expect("parses");
+        assert!(cfg.tenants_etcd().is_none());
+        // etcd alone, through the inventory's connection: no file needed.
+        let cfg = with(&no_file(&etcd_inventory), "[tenants]\netcd = true");
+        assert_eq!(cfg.tenants_file, None);
+        assert_eq!(cfg.tenants_etcd().map(|e| e.prefix.as_str()), Some("/x/"));
+        assert!(!problem(&cfg, "tenants"), "{:?}", cfg.problems());
+        // Neither: refused.
+        let cfg = ProxyConfig::parse(&no_file(MINIMAL)).expect("parses");
+        assert!(problem(&cfg, "tenants_file: set it, or [tenants] etcd"));
+        // `true` needs the etcd inventory; a table of its own does not.
+        let cfg = with(MINIMAL, "[tenants]\netcd = true");
+        assert!(cfg.tenants_etcd().is_none());
+        assert!(problem(
+            &cfg,
+            "tenants.etcd = true uses the [inventory] etcd"
+        ));
+        let cfg = with(
+            MINIMAL,
+            "[tenants.etcd]\nendpoints = [\"10.0.0.1:2379\"]\nrequest_timeout = \"2s\"",
+        );
+        let e = cfg.tenants_etcd().expect("its own connection");
+        assert_eq!(
+            (e.endpoints.len(), e.request_timeout),
+            (1, Duration::from_secs(2))
+        );
+        assert!(!problem(&cfg, "tenants.etcd"), "{:?}", cfg.problems());
+        let cfg = with(MINIMAL, "[tenants.etcd]\nendpoints = [\"ftp://x\"]");
+        assert!(
+            problem(&cfg, "tenants.etcd.endpoints"),
+            "{:?}",
+            cfg.problems()
+        );
+        // Mistakes in the table are named.
+        let typo = MINIMAL.replace("[tls]", "[tenants.etcd]\nendpoint = [\"a:1\"]\n[tls]");
+        let e = ProxyConfig::parse(&typo).expect_err("unknown field");
+        assert!(e.to_string().contains("endpoint"), "{e}");
+        let wrong = MINIMAL.replace("[tls]", "[tenants]\netcd = \"yes\"\n[tls]");
+        assert!(ProxyConfig::parse(&wrong).is_err());
+    }
+
+    #[test]
     fn the_example_parses() {
         let text = include_str!("../../deploy/config/proxy.toml");
         let cfg = ProxyConfig::parse(text).expect("deploy/config/proxy.toml parses");
@@ -576,6 +714,31 @@ path = "/inv.toml"
         let dns = cfg.limits.replicas_dns.expect("replicas_dns");
         assert_eq!(dns.kind, RecordKind::A);
         assert_eq!(dns.server, Some(SocketAddr::from(([10, 0, 0, 53], 53))));
+
+        // The commented-out [tenants] block parses once uncommented: `etcd = true`, or a
+        // connection of its own.
+        let (top, rest) = text
+            .split_once("# [tenants]\n")
+            .expect("documents [tenants]");
+        let (block, tls) = rest.split_once("\n[tls]").expect("[tls] after it");
+        let (flag, own) = block
+            .split_once("# [tenants.etcd]\n")
+            .expect("[tenants.etcd]");
+        let uncomment = |s: &str| -> String {
+            s.lines()
+                .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+                .collect()
+        };
+        let cfg = ProxyConfig::parse(&format!("{top}[tenants]\n{}\n[tls]{tls}", uncomment(flag)))
+            .expect("[tenants] etcd = true parses");
+        assert!(matches!(cfg.tenants.etcd, TenantsEtcd::Inventory));
+        let cfg = ProxyConfig::parse(&format!(
+            "{top}[tenants.etcd]\n{}\n[tls]{tls}",
+            uncomment(own)
+        ))
+        .expect("[tenants.etcd] parses");
+        let e = cfg.tenants_etcd().expect("its own connection");
+        assert!(e.tls.is_some() && e.problems().iter().all(|p| p.contains("tls.ca")));
 
         // The commented-out etcd [inventory] replaces the agents one once uncommented.
         let (agents, rest) = text.split_once("[inventory]\n").expect("[inventory]");

@@ -1,7 +1,7 @@
 //! The proxy: tenants' authenticating front door.
 //!
 //! [`server::Proxy`] runs it: [`config`] (the TOML file, every problem listed),
-//! [`server`] (TLS listener with certificate and tenants-file hot reload, connection bounds,
+//! [`server`] (TLS listener with certificate and tenants hot reload, connection bounds,
 //! the admin listener) and [`server::handler`] (per request: source limit → Host/SNI →
 //! `/_ping`/health → authentication → tenant limit → discovery routes or a scrape streamed
 //! from the node's agent; agent failures mapped in [`server::handler::map_upstream`]);
@@ -9,7 +9,10 @@
 //!
 //! The pieces that decide, with no I/O of their own:
 //! - [`tenants`]: the tenants file (names, roles, rate limits, credentials), validated with
-//!   every problem listed, indexed for lookups by certificate name, key and token hash;
+//!   every problem listed, indexed for lookups by certificate name, key and token hash; the
+//!   same records in etcd ([`tenants::etcd`]), merged with the file's through one validator
+//!   and kept live by [`tenants::reload`] (`lookout tenants` edits them: [`tenants::admin`],
+//!   the exception here, talks to etcd);
 //! - [`identity`]: peer certificate chain and/or bearer token → tenant identity, or a typed
 //!   401 reason; [`tls`]: the rustls verifier that requests any client certificate and
 //!   checks only proof of possession, leaving the decision to `identity`;

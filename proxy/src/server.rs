@@ -7,8 +7,12 @@
 //!   key and tenant CA are re-read when their modification times change; broken new files
 //!   keep the old material in force (logged, counted in `lookout_proxy_tls_reload_failures`).
 //!   Connections in flight keep the configuration they started with.
-//! - **Tenants file**: re-read when it changes; a broken file keeps the last good tenants
-//!   (logged, counted in `lookout_proxy_tenants_reload_failures`). Rate limits follow.
+//! - **Tenants**: from the tenants file, re-read when it changes, and/or from etcd with
+//!   `[tenants] etcd` (a [`Mirror`] of the tenants range: full read, then watch). Both are
+//!   merged and validated together ([`crate::tenants::reload`]); a set with problems — a broken
+//!   file, a bad etcd record, a tenant or credential in both — keeps the last good tenants
+//!   (logged, counted in `lookout_proxy_tenants_reload_failures`). Rate limits follow, and
+//!   open connections authenticate against the new set at their next request.
 //! - **Bounds**: at most `limits.max_connections` open connections (more are closed at once),
 //!   a TLS handshake deadline, a request-header deadline (for a connection's first request
 //!   it runs from the end of the handshake, HTTP/1.1 or h2) and size bound (hyper answers 431
@@ -26,7 +30,7 @@ pub mod handler;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +39,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lookout_discovery::agents::HickoryResolver;
-use lookout_discovery::etcd::EtcdSource;
+use lookout_discovery::etcd::{EtcdConfig, EtcdSource, Keys, Mirror, MirrorStatus, Snapshot};
 use lookout_discovery::Shared;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -49,7 +53,8 @@ use crate::host::{HostError, HostRules};
 use crate::identity::TenantCa;
 use crate::limit::{SourceLimiter, TenantLimiter};
 use crate::telemetry::Telemetry;
-use crate::tenants::{Tenants, TenantsError};
+pub use crate::tenants::reload::ReloadingTenants;
+use crate::tenants::TenantsError;
 use crate::upstream::{Upstream, UpstreamError};
 
 use self::handler::{Conn, State};
@@ -182,45 +187,6 @@ impl ReloadingTls {
     }
 }
 
-/// The live tenants file, swapped atomically when it changes.
-pub struct ReloadingTenants {
-    path: PathBuf,
-    current: ArcSwap<Tenants>,
-    stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
-}
-
-impl ReloadingTenants {
-    /// Loads the file once.
-    pub fn new(path: PathBuf) -> Result<Self, TenantsError> {
-        let stamp = Mutex::new(stamps(&[&path]));
-        let tenants = Tenants::load(&path)?;
-        Ok(ReloadingTenants {
-            path,
-            current: ArcSwap::from_pointee(tenants),
-            stamp,
-        })
-    }
-
-    /// The tenants in force.
-    pub fn current(&self) -> Arc<Tenants> {
-        self.current.load_full()
-    }
-
-    /// Reloads if the file changed: `Ok(Some(new))` when new tenants are in force, `Err`
-    /// when the new file is broken (the old tenants stay).
-    pub fn reload_if_changed(&self) -> Result<Option<Arc<Tenants>>, TenantsError> {
-        let now = stamps(&[&self.path]);
-        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-        if *last == now {
-            return Ok(None);
-        }
-        *last = now;
-        let tenants = Arc::new(Tenants::load(&self.path)?);
-        self.current.store(Arc::clone(&tenants));
-        Ok(Some(tenants))
-    }
-}
-
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -239,6 +205,9 @@ pub enum StartError {
     /// The inventory source could not be built.
     #[error("inventory: {0}")]
     Inventory(String),
+    /// The etcd mirror of the tenants could not be built.
+    #[error("tenants.etcd: {0}")]
+    TenantsEtcd(String),
     /// The resolver for `limits.replicas_dns` could not be built.
     #[error("limits.replicas_dns: {0}")]
     ReplicasDns(String),
@@ -273,7 +242,11 @@ impl Proxy {
             hosts = hosts.with_base_alias(alias)?;
         }
         let tls = Arc::new(ReloadingTls::new(config.tls.clone())?);
-        let tenants = Arc::new(ReloadingTenants::new(config.tenants_file.clone())?);
+        let tenants_etcd = config.tenants_etcd();
+        let tenants = Arc::new(ReloadingTenants::new(
+            config.tenants_file.clone(),
+            tenants_etcd.is_some(),
+        )?);
         let upstream = Upstream::new(&config.upstream.upstream_config())?;
         let replicas_dns = match &config.limits.replicas_dns {
             Some(dns) => Some((
@@ -287,6 +260,10 @@ impl Proxy {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut etcd = None;
+        let etcd_tenants = match tenants_etcd {
+            Some(e) => Some(EtcdTenants::start(e, &mut tasks, rx.clone())?),
+            None => None,
+        };
 
         match &config.inventory {
             InventoryConfig::Agents(a) => {
@@ -353,6 +330,7 @@ impl Proxy {
         tasks.spawn(reload_tenants(
             Arc::clone(&state),
             config.tenants_reload_interval,
+            etcd_tenants,
             rx.clone(),
         ));
         tasks.spawn(housekeeping(Arc::clone(&state), rx.clone()));
@@ -441,23 +419,96 @@ async fn reload_tls(
     }
 }
 
-async fn reload_tenants(state: Arc<State>, every: Duration, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
+/// The tenants of etcd, as a running [`Mirror`] delivers them.
+struct EtcdTenants {
+    keys: Keys,
+    max_value_bytes: usize,
+    snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    status: watch::Receiver<MirrorStatus>,
+}
+
+impl EtcdTenants {
+    /// Starts mirroring the tenants range (a task in `tasks`, ending with `shutdown`).
+    fn start(
+        config: &EtcdConfig,
+        tasks: &mut JoinSet<()>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<EtcdTenants, StartError> {
+        let keys = Keys::new(config.prefix.clone());
+        let (start, end) = keys.tenants_range();
+        let mirror = Mirror::new(config.clone(), start, end).map_err(StartError::TenantsEtcd)?;
+        let tenants = EtcdTenants {
+            keys,
+            max_value_bytes: config.max_value_bytes,
+            snapshots: mirror.snapshots(),
+            status: mirror.status(),
+        };
+        tasks.spawn(mirror.run(shutdown));
+        Ok(tenants)
+    }
+}
+
+/// Resolves when `rx` sees a new value; never when there is no `rx` or its sender is gone.
+async fn next_change<T>(rx: Option<&mut watch::Receiver<T>>) {
+    if let Some(rx) = rx {
+        if rx.changed().await.is_ok() {
+            return;
         }
-        match state.tenants.reload_if_changed() {
+    }
+    std::future::pending::<()>().await;
+}
+
+/// Applies tenant changes: the file's (checked every `every`) and etcd's (as mirrored).
+async fn reload_tenants(
+    state: Arc<State>,
+    every: Duration,
+    etcd: Option<EtcdTenants>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut snapshots, mut status, decode) = match etcd {
+        Some(e) => (
+            Some(e.snapshots),
+            Some(e.status),
+            Some((e.keys, e.max_value_bytes)),
+        ),
+        None => (None, None, None),
+    };
+    loop {
+        let (what, result) = tokio::select! {
+            _ = tokio::time::sleep(every) => ("tenants file", state.tenants.reload_if_changed()),
+            _ = next_change(snapshots.as_mut()) => {
+                let snapshot = snapshots.as_mut().and_then(|s| s.borrow_and_update().clone());
+                let (Some(snapshot), Some((keys, max))) = (snapshot, &decode) else {
+                    continue;
+                };
+                let source = crate::tenants::etcd::decode(keys, &snapshot, *max);
+                tracing::debug!(revision = snapshot.revision, "tenants in etcd changed");
+                ("etcd", state.tenants.set_etcd(source).map(Some))
+            }
+            _ = next_change(status.as_mut()) => {
+                if let Some(s) = status.as_mut().map(|s| s.borrow_and_update().clone()) {
+                    state.telemetry.tenants_etcd_up.set(i64::from(s.connected));
+                    state.tenants.set_etcd_error(s.last_error);
+                }
+                continue;
+            }
+            _ = shutdown.changed() => return,
+        };
+        match result {
             Ok(Some(t)) => {
                 state
                     .tenant_limits
                     .set_limits(t.default_rate_limit(), t.rate_overrides());
-                tracing::info!(tenants = t.tenants().len(), "tenants file reloaded");
+                tracing::info!(
+                    tenants = t.tenants().len(),
+                    changed = what,
+                    "tenants reloaded"
+                );
             }
             Ok(None) => {}
             Err(e) => {
                 state.telemetry.tenants_reload_failures.inc();
-                tracing::error!(error = %e, "tenants file rejected; keeping the previous tenants");
+                tracing::error!(error = %e, changed = what, "tenants rejected; keeping the previous tenants");
             }
         }
     }

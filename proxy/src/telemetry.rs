@@ -74,8 +74,10 @@ pub struct Telemetry {
     pub connections_refused: Counter,
     /// Certificate reloads that failed (the previous certificates stay in use).
     pub tls_reload_failures: Counter,
-    /// Tenants-file reloads that failed (the previous tenants stay in force).
+    /// Tenant changes refused (file or etcd; the previous tenants stay in force).
     pub tenants_reload_failures: Counter,
+    /// 1 while the tenants of etcd are watched (`[tenants] etcd`), else 0.
+    pub tenants_etcd_up: Gauge,
     /// Instances in the inventory (set at each scrape of the admin listener).
     pub inventory_instances: Gauge,
     /// Nodes in the inventory.
@@ -147,8 +149,14 @@ impl Telemetry {
         let tenants_reload_failures = Counter::default();
         registry.register(
             "tenants_reload_failures",
-            "Tenants-file reloads that failed; the previous tenants stay in force",
+            "Tenant changes (file or etcd) refused; the previous tenants stay in force",
             tenants_reload_failures.clone(),
+        );
+        let tenants_etcd_up = Gauge::default();
+        registry.register(
+            "tenants_etcd_up",
+            "1 while the tenants in etcd are watched ([tenants] etcd); 0 when not configured or etcd is failing",
+            tenants_etcd_up.clone(),
         );
         let inventory_instances = Gauge::default();
         registry.register(
@@ -197,6 +205,7 @@ impl Telemetry {
             connections_refused,
             tls_reload_failures,
             tenants_reload_failures,
+            tenants_etcd_up,
             inventory_instances,
             inventory_nodes,
             inventory_age_seconds,

@@ -23,21 +23,29 @@
 //! token_sha256 = ["<sha256 of the bearer token, hex or base64>"]
 //! ```
 //!
-//! Not here: reloading on change (the caller re-parses and swaps), and tenants coming from a
-//! discovery source instead of a file.
+//! The same records can live in etcd ([`etcd`]: one JSON value per `[[tenant]]` table, and
+//! `[defaults]` and `[revoked]` as two more keys), managed with `lookout tenants` ([`admin`]).
+//! Whatever they come from, records are decoded into [`TenantsDoc`]s and validated together
+//! by one function ([`Tenants::from_sources`]), so etcd records obey exactly the file's rules
+//! and a tenant or credential defined in both places is a problem like any other. [`reload`]
+//! keeps the merged set in force and swaps it when either source changes.
+
+pub mod admin;
+pub mod etcd;
+pub mod reload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest: of a SubjectPublicKeyInfo DER, or of a bearer token.
 pub type Sha256Hash = [u8; 32];
 
 /// A rate: sustained requests per second and the burst allowed above it.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Sustained requests per second, cluster-wide (each replica enforces its share).
@@ -95,54 +103,131 @@ impl Tenant {
     }
 }
 
-/// Everything wrong with a tenants file, one problem per entry.
+/// Everything wrong with a tenants file (or the tenants of etcd, or both together), one
+/// problem per entry.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid tenants file {source_name}:\n  - {}", problems.join("\n  - "))]
 pub struct TenantsError {
-    /// The file (or `<text>` when parsed from a string).
+    /// The file (or `<text>` when parsed from a string); with several sources, their names
+    /// joined by ` + `.
     pub source_name: String,
     /// Each problem found.
     pub problems: Vec<String>,
 }
 
-#[derive(Deserialize)]
+/// The tables of a tenants file, decoded but not validated. Also what the tenants of etcd
+/// decode into ([`etcd`]), so both go through one validator ([`Tenants::from_sources`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
+pub struct TenantsDoc {
+    /// `[defaults]`.
     #[serde(default)]
-    defaults: RawDefaults,
+    pub defaults: Defaults,
+    /// `[revoked]`.
     #[serde(default)]
-    revoked: RawRevoked,
+    pub revoked: Revoked,
+    /// The `[[tenant]]` tables, in order.
     #[serde(default)]
-    tenant: Vec<RawTenant>,
+    pub tenant: Vec<TenantRecord>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[defaults]` (in etcd: the value of `<prefix>tenants-config/defaults`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDefaults {
-    rate_limit: Option<RateLimit>,
+pub struct Defaults {
+    /// The rate limit of tenants that name none. Unset: [`RateLimit::DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[revoked]` (in etcd: the value of `<prefix>tenants-config/revoked`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRevoked {
+pub struct Revoked {
+    /// SPKI SHA-256 of keys refused even when otherwise valid.
     #[serde(default)]
-    spki_sha256: Vec<String>,
+    pub spki_sha256: Vec<String>,
 }
 
-#[derive(Deserialize)]
+/// One `[[tenant]]` table as written (in etcd: the JSON value of `<prefix>tenants/<name>`),
+/// before validation. Field meanings: the module documentation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTenant {
-    name: String,
+pub struct TenantRecord {
+    /// The tenant's name.
+    pub name: String,
+    /// Role names (`operator`).
     #[serde(default)]
-    roles: Vec<String>,
-    rate_limit: Option<RateLimit>,
-    cert_cn: Option<Vec<String>>,
+    pub roles: Vec<String>,
+    /// Overrides the default rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Names accepted in tenant-CA certificates. Unset: the tenant's name; empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_cn: Option<Vec<String>>,
+    /// Registered keys by SPKI SHA-256 (hex or base64).
     #[serde(default)]
-    spki_sha256: Vec<String>,
+    pub spki_sha256: Vec<String>,
+    /// Registered SSH public keys (`authorized_keys` lines without options).
     #[serde(default)]
-    ssh_keys: Vec<String>,
+    pub ssh_keys: Vec<String>,
+    /// SHA-256 of accepted bearer tokens (hex or base64).
     #[serde(default)]
-    token_sha256: Vec<String>,
+    pub token_sha256: Vec<String>,
+}
+
+impl TenantRecord {
+    /// A record with only a name: no roles, the default rate limit, `cert_cn` = its name.
+    pub fn named(name: impl Into<String>) -> TenantRecord {
+        TenantRecord {
+            name: name.into(),
+            ..TenantRecord::default()
+        }
+    }
+}
+
+/// Tenant records from one place — the tenants file or etcd — with the problems found while
+/// decoding them (a file that is not TOML, an etcd value that is not a record).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Source {
+    /// Where the records come from, as problems name it: the file's path, or etcd's range.
+    pub name: String,
+    /// The records.
+    pub doc: TenantsDoc,
+    /// Problems found before validation; any of them makes the set invalid.
+    pub problems: Vec<String>,
+}
+
+impl Source {
+    /// The records of a tenants file; a file that cannot be read or parsed is a source with
+    /// that one problem.
+    pub fn from_file(path: &Path) -> Source {
+        let name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Source::from_toml(&text, name),
+            Err(e) => Source {
+                name,
+                doc: TenantsDoc::default(),
+                problems: vec![format!("cannot read: {e}")],
+            },
+        }
+    }
+
+    /// The records of tenants-file text.
+    pub fn from_toml(text: &str, name: String) -> Source {
+        match toml::from_str::<TenantsDoc>(text) {
+            Ok(doc) => Source {
+                name,
+                doc,
+                problems: Vec::new(),
+            },
+            Err(e) => Source {
+                name,
+                doc: TenantsDoc::default(),
+                problems: vec![e.to_string()],
+            },
+        }
+    }
 }
 
 /// The validated tenants file with its lookup indexes. Immutable: a reload builds a new one.
@@ -160,31 +245,28 @@ pub struct Tenants {
 impl Tenants {
     /// Reads and validates a tenants file.
     pub fn load(path: &Path) -> Result<Tenants, TenantsError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| TenantsError {
-            source_name: name.clone(),
-            problems: vec![format!("cannot read: {e}")],
-        })?;
-        Self::parse_named(&text, name)
+        Self::from_sources(&[Source::from_file(path)])
     }
 
     /// Parses and validates tenants-file text without touching the filesystem.
     pub fn parse(text: &str) -> Result<Tenants, TenantsError> {
-        Self::parse_named(text, "<text>".into())
+        Self::from_sources(&[Source::from_toml(text, "<text>".into())])
     }
 
-    fn parse_named(text: &str, source_name: String) -> Result<Tenants, TenantsError> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| TenantsError {
-            source_name: source_name.clone(),
-            problems: vec![e.to_string()],
-        })?;
+    /// Validates the records of every source together — the one validator of tenants,
+    /// whatever they come from — listing every problem: each source's own, and those of the
+    /// merged set (a name or a credential used by two tenants, within one source or across
+    /// two; `[defaults]` set differently in two). `[revoked]` lists are merged: revoking is
+    /// never less safe. Tenants keep the sources' order.
+    pub fn from_sources(sources: &[Source]) -> Result<Tenants, TenantsError> {
         let mut problems = Vec::new();
-        let t = build(raw, &mut problems);
+        let t = build(sources, &mut problems);
         if problems.is_empty() {
             Ok(t)
         } else {
+            let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
             Err(TenantsError {
-                source_name,
+                source_name: names.join(" + "),
                 problems,
             })
         }
@@ -234,82 +316,128 @@ impl Tenants {
     }
 }
 
-fn build(raw: RawFile, p: &mut Vec<String>) -> Tenants {
+fn build(sources: &[Source], p: &mut Vec<String>) -> Tenants {
+    let many = sources.len() > 1;
     let mut out = Tenants::default();
-    if let Some(r) = raw.defaults.rate_limit {
-        r.problems("defaults.rate_limit", p);
-        out.default_rate = Some(r);
-    }
-    for (i, s) in raw.revoked.spki_sha256.iter().enumerate() {
-        match parse_sha256(s) {
-            Ok(h) => {
-                out.revoked.insert(h);
+    // The source of each tenant, by index, and of the default rate limit.
+    let mut origin: Vec<usize> = Vec::new();
+    let mut default_from: Option<usize> = None;
+    for (s_idx, source) in sources.iter().enumerate() {
+        p.extend(source.problems.iter().cloned());
+        let doc = &source.doc;
+        // With one source, problems read exactly as the file's always have.
+        let at = |what: String| {
+            if many {
+                format!("{}: {what}", source.name)
+            } else {
+                what
             }
-            Err(e) => p.push(format!("revoked.spki_sha256[{i}]: {e}")),
+        };
+        if let Some(r) = doc.defaults.rate_limit {
+            r.problems(&at("defaults.rate_limit".into()), p);
+            match (default_from, out.default_rate) {
+                (Some(other), Some(prev)) if prev != r => p.push(format!(
+                    "defaults.rate_limit is set differently in {} and in {}",
+                    sources[other].name, source.name
+                )),
+                _ => {
+                    out.default_rate = Some(r);
+                    default_from = Some(s_idx);
+                }
+            }
         }
-    }
-    for raw_t in raw.tenant {
-        let idx = out.tenants.len();
-        let t = build_tenant(raw_t, p);
-        let who = format!("tenant {:?}", t.name);
-        if out.by_name.insert(t.name.clone(), idx).is_some() {
-            p.push(format!("{who}: the name is used by more than one tenant"));
+        for (i, s) in doc.revoked.spki_sha256.iter().enumerate() {
+            match parse_sha256(s) {
+                Ok(h) => {
+                    out.revoked.insert(h);
+                }
+                Err(e) => p.push(at(format!("revoked.spki_sha256[{i}]: {e}"))),
+            }
         }
-        let quoted = |n: &String| format!("{n:?}");
-        let short = |h: &Sha256Hash| format!("{}…", &hex(h)[..16]);
-        let ctx = (&out.tenants[..], who.as_str());
-        index(
-            &mut out.by_cert_name,
-            &t.cert_names,
-            idx,
-            ctx,
-            "cert_cn",
-            quoted,
-            p,
-        );
-        index(&mut out.by_spki, &t.spki_sha256, idx, ctx, "key", short, p);
-        index(
-            &mut out.by_token,
-            &t.token_sha256,
-            idx,
-            ctx,
-            "token",
-            short,
-            p,
-        );
-        out.tenants.push(t);
+        for raw_t in &doc.tenant {
+            let idx = out.tenants.len();
+            let t = build_tenant(raw_t.clone(), p);
+            let who = format!("tenant {:?}", t.name);
+            if let Some(&other) = out.by_name.get(&t.name) {
+                let also = match origin.get(other) {
+                    Some(&o) if o != s_idx => {
+                        format!(" (in {} and in {})", sources[o].name, source.name)
+                    }
+                    _ => String::new(),
+                };
+                p.push(format!(
+                    "{who}: the name is used by more than one tenant{also}"
+                ));
+            } else {
+                out.by_name.insert(t.name.clone(), idx);
+            }
+            let quoted = |n: &String| format!("{n:?}");
+            let short = |h: &Sha256Hash| format!("{}…", &hex(h)[..16]);
+            let ctx = Owners {
+                tenants: &out.tenants,
+                origin: &origin,
+                sources,
+                this: (idx, s_idx),
+                who: &who,
+            };
+            ctx.index(&mut out.by_cert_name, &t.cert_names, "cert_cn", quoted, p);
+            ctx.index(&mut out.by_spki, &t.spki_sha256, "key", short, p);
+            ctx.index(&mut out.by_token, &t.token_sha256, "token", short, p);
+            out.tenants.push(t);
+            origin.push(s_idx);
+        }
     }
     out
 }
 
-/// Adds `keys` to `map` for tenant `idx`; a key already held by another tenant is a problem.
-fn index<K: std::hash::Hash + Eq + Clone>(
-    map: &mut HashMap<K, usize>,
-    keys: &[K],
-    idx: usize,
-    (tenants, who): (&[Tenant], &str),
-    what: &str,
-    show: impl Fn(&K) -> String,
-    p: &mut Vec<String>,
-) {
-    for k in keys {
-        match map.get(k) {
-            Some(&other) if other != idx => {
-                let other = tenants.get(other).map_or("?", |t| t.name.as_str());
-                p.push(format!(
-                    "{who}: {what} {} is also registered to tenant {other:?}",
-                    show(k)
-                ));
-            }
-            Some(_) => {}
-            None => {
-                map.insert(k.clone(), idx);
+/// Who holds what so far, while indexing one more tenant.
+struct Owners<'a> {
+    tenants: &'a [Tenant],
+    /// The source of each tenant.
+    origin: &'a [usize],
+    sources: &'a [Source],
+    /// The tenant being indexed, and its source.
+    this: (usize, usize),
+    /// How problems name it.
+    who: &'a str,
+}
+
+impl Owners<'_> {
+    /// Adds `keys` to `map` for this tenant; a key already held by another tenant is a
+    /// problem (naming the other's source when it differs).
+    fn index<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        map: &mut HashMap<K, usize>,
+        keys: &[K],
+        what: &str,
+        show: impl Fn(&K) -> String,
+        p: &mut Vec<String>,
+    ) {
+        let (idx, s_idx) = self.this;
+        for k in keys {
+            match map.get(k) {
+                Some(&other) if other != idx => {
+                    let name = self.tenants.get(other).map_or("?", |t| t.name.as_str());
+                    let also = match self.origin.get(other) {
+                        Some(&o) if o != s_idx => format!(" in {}", self.sources[o].name),
+                        _ => String::new(),
+                    };
+                    p.push(format!(
+                        "{}: {what} {} is also registered to tenant {name:?}{also}",
+                        self.who,
+                        show(k)
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    map.insert(k.clone(), idx);
+                }
             }
         }
     }
 }
 
-fn build_tenant(raw: RawTenant, p: &mut Vec<String>) -> Tenant {
+fn build_tenant(raw: TenantRecord, p: &mut Vec<String>) -> Tenant {
     let who = format!("tenant {:?}", raw.name);
     if !valid_tenant_name(&raw.name) {
         p.push(format!(
@@ -364,7 +492,8 @@ fn build_tenant(raw: RawTenant, p: &mut Vec<String>) -> Tenant {
     }
 }
 
-fn valid_tenant_name(s: &str) -> bool {
+/// True for names of 1–63 characters of `a-z`, `A-Z`, `0-9`, `.`, `_`, `-`.
+pub(crate) fn valid_tenant_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -444,5 +573,90 @@ pub fn ssh_key_spki(line: &str) -> Result<Vec<u8>, String> {
             "key type {} not supported (ssh-ed25519, ecdsa-sha2-nistp256, ssh-rsa)",
             other.algorithm()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(name: &str, text: &str) -> Source {
+        Source::from_toml(text, name.into())
+    }
+
+    const FILE: &str = r#"
+[defaults]
+rate_limit = { per_second = 10.0, burst = 20 }
+[revoked]
+spki_sha256 = ["0101010101010101010101010101010101010101010101010101010101010101"]
+[[tenant]]
+name = "acme"
+token_sha256 = ["0202020202020202020202020202020202020202020202020202020202020202"]
+"#;
+
+    #[test]
+    fn sources_merge_into_one_set() {
+        let etcd = r#"
+[revoked]
+spki_sha256 = ["0303030303030303030303030303030303030303030303030303030303030303"]
+[[tenant]]
+name = "globex"
+roles = ["operator"]
+"#;
+        let t = Tenants::from_sources(&[source("file", FILE), source("etcd", etcd)])
+            .expect("no conflict");
+        let names: Vec<&str> = t.tenants().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["acme", "globex"]);
+        assert_eq!(t.default_rate_limit().burst, 20, "the file's default");
+        assert!(
+            t.is_revoked(&[1; 32]) && t.is_revoked(&[3; 32]),
+            "revocations add up"
+        );
+        assert!(t.by_token_hash(&[2; 32]).is_some());
+        assert!(t.by_name("globex").is_some_and(Tenant::is_operator));
+        assert!(Tenants::from_sources(&[]).is_ok_and(|t| t.tenants().is_empty()));
+    }
+
+    #[test]
+    fn conflicts_across_sources_name_both() {
+        let etcd = r#"
+[defaults]
+rate_limit = { per_second = 1.0, burst = 2 }
+[revoked]
+spki_sha256 = ["nope"]
+[[tenant]]
+name = "acme"
+[[tenant]]
+name = "initech"
+cert_cn = ["acme"]
+token_sha256 = ["0202020202020202020202020202020202020202020202020202020202020202"]
+"#;
+        let e = Tenants::from_sources(&[source("file", FILE), source("etcd", etcd)])
+            .expect_err("conflicts");
+        assert_eq!(e.source_name, "file + etcd");
+        let want = [
+            "defaults.rate_limit is set differently in file and in etcd",
+            "etcd: revoked.spki_sha256[0]: ",
+            "tenant \"acme\": the name is used by more than one tenant (in file and in etcd)",
+            // Its default cert_cn is the name, so that is taken too (as within one file).
+            "tenant \"acme\": cert_cn \"acme\" is also registered to tenant \"acme\" in file",
+            "tenant \"initech\": cert_cn \"acme\" is also registered to tenant \"acme\" in file",
+            "tenant \"initech\": token 0202020202020202… is also registered to tenant \"acme\" in file",
+        ];
+        for w in want {
+            assert!(
+                e.problems.iter().any(|p| p.starts_with(w)),
+                "missing {w:?} in {:#?}",
+                e.problems
+            );
+        }
+        assert_eq!(e.problems.len(), want.len(), "{:#?}", e.problems);
+        // A source's own problems count too, and a broken file is one problem.
+        let broken = Source {
+            problems: vec!["etcd key x: not a valid record".into()],
+            ..source("etcd", "")
+        };
+        let e = Tenants::from_sources(&[source("file", "[[tenant]"), broken]).expect_err("bad");
+        assert_eq!(e.problems.len(), 2, "{:#?}", e.problems);
     }
 }

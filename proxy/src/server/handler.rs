@@ -50,6 +50,7 @@ use crate::refusal::{self, Refusal};
 use crate::telemetry::{
     status_class, AuthLabels, RequestLabels, RouteLabels, Telemetry, ThrottleLabels, UpstreamLabels,
 };
+use crate::tenants::reload::Readiness;
 use crate::tenants::Tenants;
 use crate::upstream::{BoxError, DeadlineBody, Upstream, UpstreamError};
 
@@ -459,12 +460,22 @@ impl State {
     fn readyz(&self) -> Response<Body> {
         let status = self.inventory.status();
         let text = "text/plain; charset=utf-8";
+        let tenants = match self.tenants.readiness() {
+            Readiness::Ready => String::new(),
+            Readiness::Stale(why) => format!(" ({why})"),
+            Readiness::NotReady(why) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {why}"),
+                )
+            }
+        };
         match (status.last_success, status.last_error) {
-            (Some(_), None) => respond(StatusCode::OK, text, "ready\n"),
+            (Some(_), None) => respond(StatusCode::OK, text, format!("ready{tenants}\n")),
             (Some(_), Some(e)) => respond(
                 StatusCode::OK,
                 text,
-                format!("ready (serving the last inventory; source failing: {e})\n"),
+                format!("ready (serving the last inventory; source failing: {e}){tenants}\n"),
             ),
             (None, e) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
