@@ -1,15 +1,17 @@
 //! `lookout`: one binary, thin — argument parsing and wiring only. The logic lives in the
-//! `lookout-agent` and `lookout-proxy` libraries (`lookout certs` uses the proxy's `pki`);
-//! [`dev`] composes both for `lookout dev`.
+//! `lookout-agent` and `lookout-proxy` libraries (`lookout certs` uses the proxy's `pki`,
+//! `lookout tenants` its `tenants::admin`); [`dev`] composes both for `lookout dev`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod dev;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use lookout_agent::config::AgentConfig;
 use lookout_proxy::config::ProxyConfig;
+use lookout_proxy::tenants::admin::{self, KeyInput};
+use lookout_proxy::tenants::{RateLimit, TenantRecord};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +67,220 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Manage the tenants stored in etcd (for proxies with `[tenants] etcd`), validated as
+    /// the tenants file is. Exit status: 2 when refused (nothing written), 1 when it failed.
+    Tenants {
+        #[command(flatten)]
+        target: TenantsTarget,
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+}
+
+#[derive(Args)]
+struct TenantsTarget {
+    /// etcd endpoints (`http://host:port`, `https://…`, or `host:port`), comma-separated.
+    #[arg(long, value_delimiter = ',', required_unless_present = "config")]
+    etcd: Vec<String>,
+    /// Key prefix of every lookout key in etcd.
+    #[arg(long, default_value = "/lookout/", conflicts_with = "config")]
+    prefix: String,
+    /// CA of etcd's server certificates (TLS towards etcd).
+    #[arg(long, conflicts_with = "config")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate, when etcd requires one (with --tls-key and --tls-ca).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"], conflicts_with = "config")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long, requires = "tls_cert", conflicts_with = "config")]
+    tls_key: Option<PathBuf>,
+    /// Take etcd's settings from a proxy configuration ([tenants] etcd, else [inventory]
+    /// etcd), and refuse edits that conflict with its tenants file.
+    #[arg(long, short, conflicts_with = "etcd")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct KeyArgs {
+    /// SPKI SHA-256 of the key (hex, aa:bb:… or base64).
+    #[arg(long)]
+    spki: Option<String>,
+    /// A PEM certificate or public key (or SSH public key) file: its key.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// One SSH public key (`authorized_keys` line, no options).
+    #[arg(long)]
+    ssh_key: Option<String>,
+    /// A file of SSH public keys (`authorized_keys` lines).
+    #[arg(long)]
+    ssh_key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn input(self) -> KeyInput {
+        match (self.spki, self.cert, self.ssh_key, self.ssh_key_file) {
+            (Some(s), ..) => KeyInput::Spki(s),
+            (_, Some(c), ..) => KeyInput::CertFile(c),
+            (_, _, Some(k), _) => KeyInput::SshKey(k),
+            // clap's group makes exactly one of them present.
+            (.., f) => KeyInput::SshKeyFile(f.unwrap_or_default()),
+        }
+    }
+}
+
+#[derive(Args)]
+#[group(required = false, multiple = true)]
+struct RateArgs {
+    /// Sustained requests per second, cluster-wide (with --burst).
+    #[arg(long, requires = "burst")]
+    rate: Option<f64>,
+    /// Requests allowed at once above the rate, cluster-wide (with --rate).
+    #[arg(long, requires = "rate")]
+    burst: Option<u32>,
+}
+
+impl RateArgs {
+    fn limit(&self) -> Option<RateLimit> {
+        Some(RateLimit {
+            per_second: self.rate?,
+            burst: self.burst?,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// List the tenants, the default rate limit and the number of revoked keys.
+    List,
+    /// Print one tenant's record as stored (JSON).
+    Show {
+        /// The tenant.
+        name: String,
+    },
+    /// Add a tenant.
+    Add {
+        /// Its name (as containers' tenant labels say).
+        name: String,
+        /// A role (`operator`: node views and node discovery). Repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A name accepted in tenant-CA certificates (default: the tenant's name). Repeatable.
+        #[arg(long = "cert-cn", conflicts_with = "no_cert_cn")]
+        cert_cn: Vec<String>,
+        /// Accept no tenant-CA certificate for it (keys and tokens only).
+        #[arg(long)]
+        no_cert_cn: bool,
+        #[command(flatten)]
+        rate: RateArgs,
+    },
+    /// Register a public key: a certificate's (by SPKI SHA-256) or an SSH key.
+    AddKey {
+        /// The tenant.
+        name: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Register a bearer token: prints a new random token once (only its SHA-256 is stored),
+    /// or registers --token-sha256.
+    AddToken {
+        /// The tenant.
+        name: String,
+        /// Register this SHA-256 of a token you made (hex or base64) instead.
+        #[arg(long)]
+        token_sha256: Option<String>,
+    },
+    /// Set a tenant's rate limit (or, with --default, the default one); --clear removes it.
+    SetLimit {
+        /// The tenant.
+        #[arg(required_unless_present = "default", conflicts_with = "default")]
+        name: Option<String>,
+        /// Set the default rate limit instead of a tenant's.
+        #[arg(long)]
+        default: bool,
+        /// Remove the limit (the tenant gets the default; the default the built-in one).
+        #[arg(long, conflicts_with_all = ["rate", "burst"], required_unless_present = "rate")]
+        clear: bool,
+        #[command(flatten)]
+        rate: RateArgs,
+    },
+    /// Unregister a public key (an SSH key with the same SPKI goes too).
+    RemoveKey {
+        /// The tenant.
+        name: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Unregister a bearer token.
+    RemoveToken {
+        /// The tenant.
+        name: String,
+        /// The token's SHA-256 (as `show` lists it).
+        #[arg(long)]
+        token_sha256: String,
+    },
+    /// Refuse a key everywhere, even in certificates from the tenant CA.
+    Revoke {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Take a key off the revoked list.
+    Unrevoke {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Remove a tenant.
+    Remove {
+        /// The tenant.
+        name: String,
+    },
+}
+
+impl TenantsCommand {
+    fn into_admin(self) -> admin::Command {
+        use admin::Command as C;
+        match self {
+            TenantsCommand::List => C::List,
+            TenantsCommand::Show { name } => C::Show { name },
+            TenantsCommand::Add {
+                name,
+                roles,
+                cert_cn,
+                no_cert_cn,
+                rate,
+            } => C::Add {
+                record: TenantRecord {
+                    roles,
+                    rate_limit: rate.limit(),
+                    cert_cn: (no_cert_cn || !cert_cn.is_empty()).then_some(cert_cn),
+                    ..TenantRecord::named(name)
+                },
+            },
+            TenantsCommand::AddKey { name, key } => C::AddKey {
+                name,
+                key: key.input(),
+            },
+            TenantsCommand::AddToken { name, token_sha256 } => C::AddToken {
+                name,
+                sha256: token_sha256,
+            },
+            TenantsCommand::SetLimit { name, rate, .. } => C::SetLimit {
+                name,
+                rate: rate.limit(),
+            },
+            TenantsCommand::RemoveKey { name, key } => C::RemoveKey {
+                name,
+                key: key.input(),
+            },
+            TenantsCommand::RemoveToken { name, token_sha256 } => C::RemoveToken {
+                name,
+                sha256: token_sha256,
+            },
+            TenantsCommand::Revoke { key } => C::Revoke { key: key.input() },
+            TenantsCommand::Unrevoke { key } => C::Unrevoke { key: key.input() },
+            TenantsCommand::Remove { name } => C::Remove { name },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -155,6 +371,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Tenants { target, command } => tenants(target, command.into_admin()),
         Command::Dev {
             dir,
             listen,
@@ -238,6 +455,49 @@ fn certs(command: CertsCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn tenants(t: TenantsTarget, command: admin::Command) -> ExitCode {
+    let fail = |e: admin::AdminError| {
+        eprintln!("lookout tenants: {e}");
+        ExitCode::from(e.exit_code())
+    };
+    let target = match t.config {
+        Some(path) => admin::Target::from_proxy_config(&path),
+        None => {
+            let tls = t.tls_ca.map(|ca| lookout_discovery::etcd::EtcdTlsConfig {
+                ca,
+                cert: t.tls_cert,
+                key: t.tls_key,
+                server_name: None,
+            });
+            admin::Target::from_flags(t.etcd, t.prefix, tls)
+        }
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(admin::run(target, command)) {
+        Ok(out) => {
+            print!("{}", out.stdout);
+            for note in out.notes {
+                eprintln!("{note}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 fn run_proxy(cfg: ProxyConfig) -> ExitCode {
