@@ -151,7 +151,7 @@ async fn start(
             endpoint,
             proxy.admin_addr(),
             mine.len(),
-            inventory.instances.len(),
+            inventory.instance_count(),
             mine.first().map(|i| i.id.as_str()),
         )
     );

@@ -206,8 +206,7 @@ impl Running {
 /// `(runtime_id, node)` of every instance, sorted.
 fn runtime_ids(inv: &Inventory) -> Vec<(String, String)> {
     let mut v: Vec<_> = inv
-        .instances
-        .values()
+        .instances()
         .map(|i| (i.runtime_id.clone(), i.node.clone()))
         .collect();
     v.sort();
@@ -259,8 +258,8 @@ async fn merges_two_agents_keeps_a_dead_one_and_converges_after_restart() {
     })
     .await;
     let inv = w.shared.load();
-    assert_eq!(inv.nodes["node-a"].agent, addr1);
-    assert_eq!(inv.nodes["node-b"].agent, addr2);
+    assert_eq!(inv.node("node-a").map(|n| n.agent.as_str()), Some(&*addr1));
+    assert_eq!(inv.node("node-b").map(|n| n.agent.as_str()), Some(&*addr2));
     assert_eq!(inv.owned_by("acme").count(), 3, "tenant label carried");
     assert!(w.status.all_connected(), "{:?}", w.status.agents());
     assert_eq!(w.shared.status().last_error, None);
@@ -421,7 +420,7 @@ async fn dns_membership_adds_and_drops_agents() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(
-        w.shared.load().instances.len(),
+        w.shared.load().instance_count(),
         2,
         "DNS failure keeps agents"
     );
@@ -429,7 +428,7 @@ async fn dns_membership_adds_and_drops_agents() {
     // An agent dropped from DNS goes away with its instances and node.
     resolver.set([addr2.clone()]);
     w.wait(SLOW, "an agent removed from DNS is dropped", |inv| {
-        holds(inv, &[("dns-b1", "dns-node-b")]) && !inv.nodes.contains_key("dns-node-a")
+        holds(inv, &[("dns-b1", "dns-node-b")]) && inv.node("dns-node-a").is_none()
     })
     .await;
     assert!(w.status.agent(&addr1.to_string()).is_none());
@@ -466,7 +465,7 @@ async fn a_foreign_client_certificate_is_refused() {
     // Let it retry a few times: it must never get in.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        w.shared.load().instances.is_empty(),
+        w.shared.load().instance_count() == 0,
         "refused, nothing learned"
     );
     assert!(!w.shared.ready(), "nothing published");

@@ -151,8 +151,7 @@ impl Drop for AgentProcess {
 /// `(runtime_id, node)` of every instance, sorted.
 fn placed(inv: &Inventory) -> Vec<(String, String)> {
     let mut v: Vec<_> = inv
-        .instances
-        .values()
+        .instances()
         .map(|i| (i.runtime_id.clone(), i.node.clone()))
         .collect();
     v.sort();
@@ -212,11 +211,11 @@ async fn agents_register_their_containers_and_leave_on_stop_crash_and_return() {
     )
     .await;
     let inv = shared.load();
-    assert_eq!(inv.nodes["node-a"].agent, format!("127.0.0.1:{port1}"));
-    assert_eq!(inv.nodes["node-b"].agent, format!("127.0.0.1:{port2}"));
+    let agent = |n: &str| inv.node(n).map(|n| n.agent.clone());
+    assert_eq!(agent("node-a"), Some(format!("127.0.0.1:{port1}")));
+    assert_eq!(agent("node-b"), Some(format!("127.0.0.1:{port2}")));
     let a1 = inv
-        .instances
-        .values()
+        .instances()
         .find(|i| i.runtime_id == "etcd-a1")
         .expect("a1");
     assert_eq!(a1.tenant.as_deref(), Some("acme"));
@@ -247,7 +246,7 @@ async fn agents_register_their_containers_and_leave_on_stop_crash_and_return() {
     assert_eq!(status.borrow().leases_granted, 1);
     agent1.shutdown().await;
     until(&shared, PROPAGATION, &[("etcd-b1", "node-b")]).await;
-    assert!(!shared.load().nodes.contains_key("node-a"));
+    assert!(shared.load().node("node-a").is_none());
 
     // node-a comes back as a `lookout agent` process, then crashes (SIGKILL: no revoke):
     // gone after the lease TTL, not before.
@@ -267,7 +266,7 @@ async fn agents_register_their_containers_and_leave_on_stop_crash_and_return() {
         "node-a left after {:?}, before its lease could expire",
         crashed.elapsed()
     );
-    assert!(shared.load().nodes.contains_key("node-b"));
+    assert!(shared.load().node("node-b").is_some());
     assert_eq!(shared.status().last_error, None);
 
     // SIGTERM stops the process cleanly: its lease is revoked, so node-a leaves long before

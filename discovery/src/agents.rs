@@ -440,7 +440,7 @@ struct State {
 /// One agent's part of the inventory and its health.
 #[derive(Default)]
 struct Slice {
-    instances: BTreeMap<String, Instance>,
+    instances: BTreeMap<String, Arc<Instance>>,
     node: Option<String>,
     connected: bool,
     last_event: Option<SystemTime>,
@@ -491,10 +491,10 @@ impl Inner {
                     if instances.len() > MAX_INSTANCES_PER_AGENT {
                         return Err(StreamError::Protocol("snapshot exceeds the instance limit"));
                     }
-                    let fresh: BTreeMap<String, Instance> = instances
+                    let fresh: BTreeMap<String, Arc<Instance>> = instances
                         .into_iter()
                         .filter(|i| valid(addr, i))
-                        .map(|i| (i.id.clone(), i))
+                        .map(|i| (i.id.clone(), Arc::new(i)))
                         .collect();
                     match node.filter(|n| crate::is_dns_label(n)) {
                         Some(n) => slice.node = Some(n),
@@ -518,7 +518,9 @@ impl Inner {
                         return Err(StreamError::Protocol("agent exceeds the instance limit"));
                     }
                     slice.node = Some(instance.node.clone());
-                    slice.instances.insert(instance.id.clone(), instance);
+                    slice
+                        .instances
+                        .insert(instance.id.clone(), Arc::new(instance));
                 }
                 InstanceEvent::Remove { id } => {
                     slice.instances.remove(&id);
@@ -557,32 +559,32 @@ impl Inner {
         }
     }
 
-    /// The merged inventory, the current failures, and whether publishing is allowed yet.
-    fn merge(&self) -> (Inventory, Vec<String>, bool) {
+    /// Brings `inv` in step with the merge of every agent's slice; returns whether it
+    /// changed, the current failures, and whether publishing is allowed yet.
+    ///
+    /// Only what differs is written, so instances, tenants' maps and their stamps that did
+    /// not change stay shared with the inventories published before
+    /// ([`crate::inventory`]). The merge is O(instances) pointer work under the state lock.
+    fn merge_into(&self, inv: &mut Inventory) -> (bool, Vec<String>, bool) {
         let st = self.lock();
-        let mut inv = Inventory::default();
+        let total = st.agents.values().map(|s| s.instances.len()).sum();
+        let mut instances: HashMap<&str, &Arc<Instance>> = HashMap::with_capacity(total);
+        let mut nodes: BTreeMap<&str, &AgentAddr> = BTreeMap::new();
         let mut errors = Vec::new();
         let mut conflicts = 0usize;
         for (addr, slice) in &st.agents {
             for (id, i) in &slice.instances {
-                if inv.instances.contains_key(id) {
+                if instances.contains_key(id.as_str()) {
                     conflicts += 1;
                 } else {
-                    inv.instances.insert(id.clone(), i.clone());
+                    instances.insert(id, i);
                 }
             }
             if let Some(node) = &slice.node {
-                if inv.nodes.contains_key(node) {
+                if nodes.contains_key(node.as_str()) {
                     conflicts += 1;
                 } else {
-                    inv.nodes.insert(
-                        node.clone(),
-                        Node {
-                            id: node.clone(),
-                            agent: addr.to_string(),
-                            hostname: node.clone(),
-                        },
-                    );
+                    nodes.insert(node, addr);
                 }
             }
             if let Some(e) = slice.current_error() {
@@ -598,7 +600,57 @@ impl Inner {
                 "agents source: instance or node ids reported by more than one agent; the first agent by address wins"
             );
         }
-        (inv, errors, st.ready)
+
+        let gone: Vec<String> = inv
+            .instances_any_order()
+            .filter(|i| !instances.contains_key(i.id.as_str()))
+            .map(|i| i.id.clone())
+            .collect();
+        let mut changed = !gone.is_empty();
+        for id in &gone {
+            inv.remove_instance(id);
+        }
+        for i in instances.values() {
+            let same = inv
+                .instance(&i.id)
+                .is_some_and(|old| Arc::ptr_eq(old, i) || **old == ***i);
+            if !same {
+                inv.insert_instance(Arc::clone(i));
+                changed = true;
+            }
+        }
+        let gone: Vec<String> = inv
+            .nodes()
+            .filter(|n| !nodes.contains_key(n.id.as_str()))
+            .map(|n| n.id.clone())
+            .collect();
+        changed |= !gone.is_empty();
+        for id in &gone {
+            inv.remove_node(id);
+        }
+        for (node, addr) in nodes {
+            let agent = addr.to_string();
+            let same = inv
+                .node(node)
+                .is_some_and(|n| n.agent == agent && n.hostname == node);
+            if !same {
+                inv.insert_node(Node {
+                    id: node.to_string(),
+                    agent,
+                    hostname: node.to_string(),
+                });
+                changed = true;
+            }
+        }
+        (changed, errors, st.ready)
+    }
+
+    /// The merged inventory, built afresh (tests).
+    #[cfg(test)]
+    fn merge(&self) -> (Inventory, Vec<String>, bool) {
+        let mut inv = Inventory::default();
+        let (_, errors, ready) = self.merge_into(&mut inv);
+        (inv, errors, ready)
     }
 }
 
@@ -614,18 +666,25 @@ fn valid(addr: &AgentAddr, i: &Instance) -> bool {
 /// Publishes merged inventories and keeps the source error in step.
 #[derive(Default)]
 struct Publisher {
-    last: Option<Inventory>,
+    /// The merged inventory, edited in place and published by clone.
+    current: Inventory,
+    /// `current` changed since it was last published.
+    pending: bool,
+    /// Something was published.
+    published: bool,
     last_errors: Vec<String>,
 }
 
 impl Publisher {
     fn publish(&mut self, inner: &Inner, shared: &Shared) {
-        let (inv, errors, ready) = inner.merge();
+        let (changed, errors, ready) = inner.merge_into(&mut self.current);
+        self.pending |= changed;
         let recovered = !self.last_errors.is_empty() && errors.is_empty();
         let mut published = false;
-        if ready && (self.last.as_ref() != Some(&inv) || recovered) {
-            shared.publish(inv.clone());
-            self.last = Some(inv);
+        if ready && (self.pending || !self.published || recovered) {
+            shared.publish(self.current.clone());
+            self.pending = false;
+            self.published = true;
             published = true;
         }
         // `publish` clears the source error: record current failures again after it.
@@ -712,6 +771,14 @@ mod tests {
         }
     }
 
+    fn ids(inv: &Inventory) -> Vec<String> {
+        inv.instances().map(|i| i.id.clone()).collect()
+    }
+
+    fn agent(inv: &Inventory, node: &str) -> String {
+        inv.node(node).map(|n| n.agent.clone()).unwrap_or_default()
+    }
+
     fn addr(s: &str) -> AgentAddr {
         s.parse().expect("address")
     }
@@ -744,9 +811,9 @@ mod tests {
             .expect("apply");
         p.publish(&inner, &shared);
         let inv = shared.load();
-        assert_eq!(inv.instances.keys().collect::<Vec<_>>(), ["x", "y", "z"]);
-        assert_eq!(inv.nodes["na"].agent, "a:1");
-        assert_eq!(inv.nodes["nb"].agent, "b:1");
+        assert_eq!(ids(&inv), ["x", "y", "z"]);
+        assert_eq!(agent(&inv, "na"), "a:1");
+        assert_eq!(agent(&inv, "nb"), "b:1");
 
         // b breaks: its instances stay, the failure is recorded after publishing.
         inner.failed(&addr("b:1"), "connect: refused".into());
@@ -755,7 +822,7 @@ mod tests {
             .expect("apply");
         p.publish(&inner, &shared);
         let inv = shared.load();
-        assert_eq!(inv.instances.keys().collect::<Vec<_>>(), ["x", "z"]);
+        assert_eq!(ids(&inv), ["x", "z"]);
         assert_eq!(
             shared.status().last_error.as_deref(),
             Some("agent b:1: connect: refused")
@@ -767,13 +834,13 @@ mod tests {
             .expect("apply");
         p.publish(&inner, &shared);
         let inv = shared.load();
-        assert_eq!(inv.instances.keys().collect::<Vec<_>>(), ["w", "x"]);
+        assert_eq!(ids(&inv), ["w", "x"]);
         assert_eq!(shared.status().last_error, None);
 
         // An agent with no instances left keeps its learned node.
         inner.apply(&addr("a:1"), snap(vec![])).expect("apply");
         p.publish(&inner, &shared);
-        assert!(shared.load().nodes.contains_key("na"));
+        assert!(shared.load().node("na").is_some());
 
         // An agent that names its node is known before it has any instance; a name that is
         // not a DNS label is ignored.
@@ -787,8 +854,9 @@ mod tests {
             .expect("apply");
         inner.apply(&addr("d:1"), named("Bad Name")).expect("apply");
         let (inv, _, _) = inner.merge();
-        assert_eq!(inv.nodes.keys().collect::<Vec<_>>(), ["empty-node"]);
-        assert_eq!(inv.nodes["empty-node"].agent, "c:1");
+        let nodes: Vec<_> = inv.nodes().map(|n| n.id.as_str()).collect();
+        assert_eq!(nodes, ["empty-node"]);
+        assert_eq!(agent(&inv, "empty-node"), "c:1");
     }
 
     #[test]
@@ -798,7 +866,7 @@ mod tests {
         inner
             .apply(&addr("a:1"), InstanceEvent::Upsert { instance: bad })
             .expect("skipped, not fatal");
-        assert_eq!(inner.merge().0.instances.len(), 0);
+        assert_eq!(inner.merge().0.instance_count(), 0);
         let many = (0..=MAX_INSTANCES_PER_AGENT)
             .map(|n| inst(&format!("i{n}"), "na"))
             .collect();
@@ -952,12 +1020,9 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            shared.load().instances.contains_key("quiet"),
-            "instances kept"
-        );
+        assert!(shared.load().instance("quiet").is_some(), "instances kept");
         assert_eq!(
-            shared.load().nodes["fake-node"].agent,
+            agent(&shared.load(), "fake-node"),
             format!("127.0.0.1:{port}")
         );
 

@@ -235,22 +235,22 @@ fn build(doc: FileDoc) -> Result<Inventory, Vec<Problem>> {
         if n.agent.trim().is_empty() {
             problems.push(Problem::EmptyAgent(n.id.clone()));
         }
-        if inv.nodes.contains_key(&n.id) {
+        if inv.node(&n.id).is_some() {
             problems.push(Problem::DuplicateNode(n.id));
             continue;
         }
         let node = Node {
-            id: n.id.clone(),
+            id: n.id,
             agent: n.agent,
             hostname: n.hostname,
         };
-        inv.nodes.insert(n.id, node);
+        inv.insert_node(node);
     }
     for i in doc.instances {
         if !is_dns_label(&i.id) {
             problems.push(Problem::BadInstanceId(i.id.clone()));
         }
-        if !inv.nodes.contains_key(&i.node) {
+        if inv.node(&i.node).is_none() {
             problems.push(Problem::UnknownNode {
                 instance: i.id.clone(),
                 node: i.node.clone(),
@@ -265,14 +265,14 @@ fn build(doc: FileDoc) -> Result<Inventory, Vec<Problem>> {
                 group: g.clone(),
             });
         }
-        if inv.instances.contains_key(&i.id) {
+        if inv.instance(&i.id).is_some() {
             problems.push(Problem::DuplicateInstance(i.id));
             continue;
         }
         let instance = Instance {
             alias: i.alias.unwrap_or_else(|| i.id.clone()),
             runtime_id: i.runtime_id.unwrap_or_else(|| i.id.clone()),
-            id: i.id.clone(),
+            id: i.id,
             node: i.node,
             tenant: i.tenant,
             groups: i.groups,
@@ -280,7 +280,7 @@ fn build(doc: FileDoc) -> Result<Inventory, Vec<Problem>> {
             source: i.source.unwrap_or_else(|| DEFAULT_SOURCE.to_string()),
             labels: i.labels,
         };
-        inv.instances.insert(i.id, instance);
+        inv.insert_instance(instance);
     }
     if problems.is_empty() {
         Ok(inv)
@@ -423,8 +423,8 @@ impl Watcher {
             Ok(inv) => {
                 tracing::info!(
                     path = %self.path.display(),
-                    instances = inv.instances.len(),
-                    nodes = inv.nodes.len(),
+                    instances = inv.instance_count(),
+                    nodes = inv.node_count(),
                     "inventory file loaded"
                 );
                 self.shared.publish(inv);

@@ -185,11 +185,15 @@ impl Source {
     }
 
     fn instances(&self) -> BTreeSet<String> {
-        self.shared.load().instances.keys().cloned().collect()
+        self.shared
+            .load()
+            .instances()
+            .map(|i| i.id.clone())
+            .collect()
     }
 
     fn nodes(&self) -> BTreeSet<String> {
-        self.shared.load().nodes.keys().cloned().collect()
+        self.shared.load().nodes().map(|n| n.id.clone()).collect()
     }
 
     async fn until_instances(&self, want: &[&str]) {
@@ -313,8 +317,12 @@ async fn an_expired_lease_takes_a_dead_nodes_instances_out_of_the_inventory() {
     let src = Source::start(EtcdSource::new(config(&etcd)).expect("source"));
     src.until_instances(&["a1", "a2", "b1"]).await;
     assert_eq!(src.nodes(), set(&["n1", "n2"]));
-    assert_eq!(src.shared.load().nodes["n1"].agent, "n1.example:9164");
-    assert_eq!(src.shared.load().instances["a1"], inst("n1", "a1"));
+    let inv = src.shared.load();
+    assert_eq!(
+        inv.node("n1").map(|n| n.agent.as_str()),
+        Some("n1.example:9164")
+    );
+    assert_eq!(inv.instance("a1").map(|i| &**i), Some(&inst("n1", "a1")));
 
     // n1 dies: within the TTL (plus etcd's expiry tick and a margin) it is gone everywhere.
     let died = Instant::now();

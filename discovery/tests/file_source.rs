@@ -52,12 +52,14 @@ fn problems(text: &str) -> Vec<Problem> {
 fn good_toml_loads_with_defaults() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inv = file::load(&write(dir.path(), "inventory.toml", GOOD)).expect("loads");
-    assert_eq!(inv.nodes.keys().collect::<Vec<_>>(), ["cn1", "cn2"]);
-    assert_eq!(inv.nodes["cn1"].agent, "10.0.0.11:9164");
-    assert_eq!(inv.nodes["cn1"].hostname, "cn1.dc1");
-    assert_eq!(inv.nodes["cn2"].hostname, "");
+    let node_ids: Vec<_> = inv.nodes().map(|n| n.id.as_str()).collect();
+    assert_eq!(node_ids, ["cn1", "cn2"]);
+    let node = |id: &str| inv.node(id).expect("node").clone();
+    assert_eq!(node("cn1").agent, "10.0.0.11:9164");
+    assert_eq!(node("cn1").hostname, "cn1.dc1");
+    assert_eq!(node("cn2").hostname, "");
 
-    let web = &inv.instances["web-1"];
+    let web = inv.instance("web-1").expect("web-1");
     assert_eq!(web.node, "cn1");
     assert_eq!(web.tenant.as_deref(), Some("acme"));
     assert_eq!(web.alias, "web01");
@@ -67,7 +69,7 @@ fn good_toml_loads_with_defaults() {
     assert_eq!(web.source, "runc");
     assert_eq!(web.labels["team"], "shop");
 
-    let spare = &inv.instances["spare-1"];
+    let spare = inv.instance("spare-1").expect("spare-1");
     assert_eq!(spare.tenant, None);
     assert_eq!(spare.alias, "spare-1");
     assert_eq!(spare.runtime_id, "spare-1");
@@ -246,7 +248,7 @@ async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool)
 const WAIT: Duration = Duration::from_secs(10);
 
 fn instance_ids(shared: &Shared) -> Vec<String> {
-    shared.load().instances.keys().cloned().collect()
+    shared.load().instances().map(|i| i.id.clone()).collect()
 }
 
 /// Writes through a temporary file and a rename, as editors and config managers do.
@@ -352,7 +354,8 @@ async fn watch_reports_a_broken_file_at_start_and_loads_it_once_fixed() {
     assert!(!shared.ready(), "nothing was ever published");
     replace(&path, r#"{"nodes": [{"id": "cn1", "agent": "a:1"}]}"#);
     eventually("the fixed file", WAIT, || shared.ready()).await;
-    assert_eq!(shared.load().nodes.keys().collect::<Vec<_>>(), ["cn1"]);
+    let node_ids: Vec<_> = shared.load().nodes().map(|n| n.id.clone()).collect();
+    assert_eq!(node_ids, ["cn1"]);
 
     // Dropping the sender also stops the watcher.
     drop(stop);

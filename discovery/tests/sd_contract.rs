@@ -30,14 +30,11 @@ fn instance(id: &str, tenant: Option<&str>, groups: &[&str], image: Option<&str>
 fn fleet() -> Inventory {
     let mut inv = Inventory::default();
     for (id, hostname) in [("cn1", "cn1.dc1"), ("cn2", "")] {
-        inv.nodes.insert(
-            id.into(),
-            Node {
-                id: id.into(),
-                agent: format!("{id}:9164"),
-                hostname: hostname.into(),
-            },
-        );
+        inv.insert_node(Node {
+            id: id.into(),
+            agent: format!("{id}:9164"),
+            hostname: hostname.into(),
+        });
     }
     let mut db = instance("db-1", Some("acme"), &["db"], Some("postgres:16"));
     db.node = "cn2".into();
@@ -53,7 +50,7 @@ fn fleet() -> Inventory {
         instance("web-9", Some("globex"), &["web"], Some("nginx:1.25")),
         instance("orphan-1", None, &["web"], None),
     ] {
-        inv.instances.insert(i.id.clone(), i);
+        inv.insert_instance(i);
     }
     inv
 }

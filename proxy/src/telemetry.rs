@@ -220,9 +220,9 @@ impl Telemetry {
         let inv = shared.load();
         let status = shared.status();
         self.inventory_instances
-            .set(i64::try_from(inv.instances.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(inv.instance_count()).unwrap_or(i64::MAX));
         self.inventory_nodes
-            .set(i64::try_from(inv.nodes.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(inv.node_count()).unwrap_or(i64::MAX));
         let age = status.last_success.map_or(-1.0, |t| {
             SystemTime::now()
                 .duration_since(t)

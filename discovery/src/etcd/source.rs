@@ -25,12 +25,12 @@
 //! - **Proxies**: the live `proxies/<id>` keys are counted in [`EtcdStatus::proxies`], for the
 //!   replica count that divides cluster-wide rate limits. Tenant keys are not read here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
@@ -298,7 +298,7 @@ impl EtcdSource {
                 }
             }
             for kv in page.kvs() {
-                if let Err(e) = view.put(&self.keys, &self.config, kv) {
+                if let Err(e) = view.put(&self.keys, &self.config, kv.key(), kv.value()) {
                     self.skip(kv.key(), &e, skipped);
                 }
             }
@@ -319,7 +319,7 @@ impl EtcdSource {
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             match ev.event_type() {
-                EventType::Put => match view.put(&self.keys, &self.config, kv) {
+                EventType::Put => match view.put(&self.keys, &self.config, kv.key(), kv.value()) {
                     Ok(d) => dirty |= d,
                     Err(e) => {
                         self.skip(kv.key(), &e, skipped);
@@ -338,41 +338,70 @@ impl EtcdSource {
     }
 }
 
-/// Everything read from etcd, by key.
+/// Everything read from etcd, by key, and the inventory served from it, kept in step
+/// change by change: a publish clones the served inventory (pointers, see
+/// [`crate::inventory`]) and re-elects only the instance ids touched since the last one.
 #[derive(Default)]
 struct View {
-    nodes: BTreeMap<String, Node>,
+    nodes: BTreeMap<String, Arc<Node>>,
     /// By (node, id).
-    instances: BTreeMap<(String, String), Instance>,
+    instances: BTreeMap<(String, String), Arc<Instance>>,
+    /// The same keys as (id, node): the nodes registering one id are adjacent, so the one
+    /// to serve it from is found without a scan.
+    homes: BTreeSet<(String, String)>,
+    /// Instance keys per node id, so orphans are counted per node, not per instance.
+    per_node: HashMap<String, usize>,
     proxies: BTreeMap<String, ProxyRecord>,
+    /// The inventory served: `instances` less orphans, one node per id.
+    served: Inventory,
+    /// Instance ids whose keys changed since the last publish.
+    dirty_ids: BTreeSet<String>,
+    /// Node ids whose keys changed since the last publish.
+    dirty_nodes: BTreeSet<String>,
 }
 
 impl View {
     /// Stores one key's value; true when nodes or instances changed.
-    fn put(&mut self, keys: &Keys, cfg: &EtcdConfig, kv: &KeyValue) -> Result<bool, Malformed> {
+    fn put(
+        &mut self,
+        keys: &Keys,
+        cfg: &EtcdConfig,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool, Malformed> {
         let max = cfg.max_value_bytes;
-        match keys.parse(kv.key()) {
+        match keys.parse(key) {
             Key::Node(id) => {
-                let node = keys::decode_node(id, kv.value(), max)?;
-                let changed = self.nodes.get(id) != Some(&node);
-                self.nodes.insert(id.to_string(), node);
-                Ok(changed)
+                let node = keys::decode_node(id, value, max)?;
+                if self.nodes.get(id).is_some_and(|n| **n == node) {
+                    return Ok(false);
+                }
+                self.nodes.insert(id.to_string(), Arc::new(node));
+                self.dirty_nodes.insert(id.to_string());
+                Ok(true)
             }
             Key::Instance { node, id } => {
-                let i = keys::decode_instance(node, id, kv.value(), max)?;
+                let i = keys::decode_instance(node, id, value, max)?;
                 let k = (node.to_string(), id.to_string());
-                if !self.instances.contains_key(&k) && self.instances.len() >= cfg.max_instances {
+                let old = self.instances.get(&k);
+                if old.is_none() && self.instances.len() >= cfg.max_instances {
                     return Err(Malformed::Invalid(format!(
                         "over max_instances ({})",
                         cfg.max_instances
                     )));
                 }
-                let changed = self.instances.get(&k) != Some(&i);
-                self.instances.insert(k, i);
-                Ok(changed)
+                if old.is_some_and(|o| **o == i) {
+                    return Ok(false);
+                }
+                if self.instances.insert(k, Arc::new(i)).is_none() {
+                    self.homes.insert((id.to_string(), node.to_string()));
+                    *self.per_node.entry(node.to_string()).or_default() += 1;
+                }
+                self.dirty_ids.insert(id.to_string());
+                Ok(true)
             }
             Key::Proxy(id) => {
-                let p = keys::decode_proxy(id, kv.value(), max)?;
+                let p = keys::decode_proxy(id, value, max)?;
                 self.proxies.insert(id.to_string(), p);
                 Ok(false)
             }
@@ -383,11 +412,28 @@ impl View {
     /// Forgets one key; true when nodes or instances changed.
     fn delete(&mut self, keys: &Keys, key: &[u8]) -> bool {
         match keys.parse(key) {
-            Key::Node(id) => self.nodes.remove(id).is_some(),
-            Key::Instance { node, id } => self
-                .instances
-                .remove(&(node.to_string(), id.to_string()))
-                .is_some(),
+            Key::Node(id) => {
+                let removed = self.nodes.remove(id).is_some();
+                if removed {
+                    self.dirty_nodes.insert(id.to_string());
+                }
+                removed
+            }
+            Key::Instance { node, id } => {
+                let k = (node.to_string(), id.to_string());
+                if self.instances.remove(&k).is_none() {
+                    return false;
+                }
+                self.homes.remove(&(k.1, k.0));
+                if let Some(n) = self.per_node.get_mut(node) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_node.remove(node);
+                    }
+                }
+                self.dirty_ids.insert(id.to_string());
+                true
+            }
             Key::Proxy(id) => {
                 self.proxies.remove(id);
                 false
@@ -396,41 +442,74 @@ impl View {
         }
     }
 
-    /// The inventory to serve and the number of orphaned instances.
-    fn inventory(&self) -> (Inventory, usize) {
-        let mut inv = Inventory {
-            instances: BTreeMap::new(),
-            nodes: self.nodes.clone(),
-        };
-        let (mut orphans, mut conflicts) = (0, 0);
-        for ((node, id), i) in &self.instances {
-            if !self.nodes.contains_key(node) {
-                orphans += 1;
-            } else if inv.instances.contains_key(id) {
-                conflicts += 1;
-            } else {
-                inv.instances.insert(id.clone(), i.clone());
+    /// Brings `served` in step with the keys changed since the last call; returns the
+    /// number of orphaned instances (their node key is absent).
+    fn sync(&mut self) -> usize {
+        for node in std::mem::take(&mut self.dirty_nodes) {
+            match self.nodes.get(&node) {
+                Some(n) => self.served.insert_node(Arc::clone(n)),
+                None => self.served.remove_node(&node),
+            };
+            // The node's presence decides whether its instances are served.
+            let from = (node.clone(), String::new());
+            for ((n, id), _) in self.instances.range(from..) {
+                if *n != node {
+                    break;
+                }
+                self.dirty_ids.insert(id.clone());
             }
         }
+        for id in std::mem::take(&mut self.dirty_ids) {
+            self.elect(&id);
+        }
+        let placed: usize = self
+            .per_node
+            .iter()
+            .filter(|(node, _)| self.nodes.contains_key(*node))
+            .map(|(_, n)| n)
+            .sum();
+        let orphans = self.instances.len() - placed;
+        let conflicts = placed - self.served.instance_count();
         if conflicts > 0 {
             tracing::warn!(
                 conflicts,
                 "etcd source: instance ids registered under more than one node; the first node by id wins"
             );
         }
-        (inv, orphans)
+        orphans
+    }
+
+    /// Serves `id` from the first node by id that registers it and whose node key is
+    /// present, or not at all.
+    fn elect(&mut self, id: &str) {
+        let from = (id.to_string(), String::new());
+        let winner = self
+            .homes
+            .range(from..)
+            .take_while(|(i, _)| i == id)
+            .find(|(_, node)| self.nodes.contains_key(node))
+            .and_then(|(i, node)| self.instances.get(&(node.clone(), i.clone())));
+        match winner {
+            Some(i) => {
+                self.served.insert_instance(Arc::clone(i));
+            }
+            None => {
+                self.served.remove_instance(id);
+            }
+        }
     }
 
     /// Publishes the inventory and updates the status.
     fn publish(
-        &self,
+        &mut self,
         shared: &Shared,
         status: &watch::Sender<EtcdStatus>,
         revision: i64,
         skipped: u64,
     ) {
-        let (inv, orphans) = self.inventory();
-        let (nodes, instances) = (inv.nodes.len(), inv.instances.len());
+        let orphans = self.sync();
+        let inv = self.served.clone();
+        let (nodes, instances) = (inv.node_count(), inv.instance_count());
         shared.publish(inv);
         status.send_modify(|s| {
             s.revision = revision;
@@ -441,5 +520,127 @@ impl View {
             s.skipped = skipped;
             s.last_error = None;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(node: &str, id: &str) -> Vec<u8> {
+        let i = Instance {
+            id: id.into(),
+            runtime_id: id.into(),
+            node: node.into(),
+            tenant: Some("acme".into()),
+            alias: format!("{id} on {node}"),
+            groups: vec![],
+            image: None,
+            source: "runc".into(),
+            labels: BTreeMap::new(),
+        };
+        serde_json::to_vec(&i).unwrap_or_default()
+    }
+
+    fn node(id: &str) -> Vec<u8> {
+        let n = Node {
+            id: id.into(),
+            agent: format!("{id}:9164"),
+            hostname: id.into(),
+        };
+        serde_json::to_vec(&n).unwrap_or_default()
+    }
+
+    struct Fixture {
+        keys: Keys,
+        cfg: EtcdConfig,
+        view: View,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                keys: Keys::new("/t/"),
+                cfg: EtcdConfig::new(vec!["http://127.0.0.1:1".into()]),
+                view: View::default(),
+            }
+        }
+        fn put(&mut self, key: String, value: Vec<u8>) {
+            let changed = self.view.put(&self.keys, &self.cfg, key.as_bytes(), &value);
+            assert!(matches!(changed, Ok(true)), "{key}: {changed:?}");
+        }
+        fn delete(&mut self, key: String) {
+            assert!(self.view.delete(&self.keys, key.as_bytes()), "{key}");
+        }
+        /// Syncs; returns (orphans, id → the node it is served from).
+        fn served(&mut self) -> (usize, Vec<(String, String)>) {
+            let orphans = self.view.sync();
+            let placed = self
+                .view
+                .served
+                .instances()
+                .map(|i| (i.id.clone(), i.node.clone()))
+                .collect();
+            (orphans, placed)
+        }
+    }
+
+    fn placed(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// The incremental publish elects what a rebuild from scratch would: instances of
+    /// absent nodes are orphans, an id under two nodes is served from the first present
+    /// node by id, and each change re-elects only what it touches.
+    #[test]
+    fn incremental_sync_matches_the_rules() {
+        let mut f = Fixture::new();
+        let k = f.keys.clone();
+        f.put(k.node("n2"), node("n2"));
+        f.put(k.instance("n2", "x"), inst("n2", "x"));
+        f.put(k.instance("n2", "y"), inst("n2", "y"));
+        f.put(k.instance("n1", "x"), inst("n1", "x"));
+        // n1's node key is not there yet: its copy of x is an orphan.
+        assert_eq!(f.served(), (1, placed(&[("x", "n2"), ("y", "n2")])));
+
+        f.put(k.node("n1"), node("n1"));
+        assert_eq!(f.served(), (0, placed(&[("x", "n1"), ("y", "n2")])));
+        assert_eq!(f.view.served.node_count(), 2);
+
+        // Same value again: nothing to do.
+        let same = f
+            .view
+            .put(&f.keys, &f.cfg, k.node("n1").as_bytes(), &node("n1"));
+        assert!(matches!(same, Ok(false)));
+
+        // n1 goes: x falls back to n2; n1's keys are orphans.
+        f.delete(k.node("n1"));
+        assert_eq!(f.served(), (1, placed(&[("x", "n2"), ("y", "n2")])));
+        assert!(f.view.served.node("n1").is_none());
+
+        // n2's x goes: with n1 absent, nobody serves x.
+        f.delete(k.instance("n2", "x"));
+        assert_eq!(f.served(), (1, placed(&[("y", "n2")])));
+
+        // n1 returns: x is back, from n1.
+        f.put(k.node("n1"), node("n1"));
+        assert_eq!(f.served(), (0, placed(&[("x", "n1"), ("y", "n2")])));
+
+        // A changed value replaces the served instance.
+        let mut changed: Instance =
+            serde_json::from_slice(&inst("n1", "x")).unwrap_or_else(|e| panic!("{e}"));
+        changed.alias = "renamed".into();
+        f.put(
+            k.instance("n1", "x"),
+            serde_json::to_vec(&changed).unwrap_or_default(),
+        );
+        f.served();
+        assert_eq!(
+            f.view.served.instance("x").map(|i| i.alias.as_str()),
+            Some("renamed")
+        );
+        assert_eq!(f.view.served.owned_by("acme").count(), 2);
     }
 }

@@ -77,8 +77,7 @@ pub fn http_sd(
 /// `__meta_triton_machine_alias` = hostname (when known), as triton SD's role `cn` gives.
 pub fn http_sd_nodes(inv: &Inventory, dns_suffix: &str, port: u16) -> Vec<u8> {
     let body: Vec<Group> = inv
-        .nodes
-        .values()
+        .nodes()
         .map(|n| {
             group(
                 &n.id,

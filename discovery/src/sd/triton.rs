@@ -70,8 +70,7 @@ pub fn triton_containers(inv: &Inventory, tenant: &str, groups: Option<&[String]
 /// ignored on this route, as in cmon.
 pub fn triton_nodes(inv: &Inventory) -> Vec<u8> {
     let cns = inv
-        .nodes
-        .values()
+        .nodes()
         .map(|n| ComputeNode {
             server_uuid: &n.id,
             server_hostname: &n.hostname,

@@ -140,11 +140,11 @@ fn check_filter(groups: &[String]) {
         instance("odd-1", "acme", &["not a group"]),
         instance("other-1", "globex", &["web", "db"]),
     ] {
-        inv.instances.insert(i.id.clone(), i);
+        inv.insert_instance(i);
     }
     let last = groups.last().map_or("", String::as_str);
     let picked = instance("picked-1", "acme", &["zz no", last]);
-    inv.instances.insert(picked.id.clone(), picked);
+    inv.insert_instance(picked);
 
     let want: BTreeSet<String> = inv
         .owned_by("acme")
@@ -174,7 +174,7 @@ fn check_filter(groups: &[String]) {
             .as_str()
             .expect("a machine id");
         assert_eq!(g["targets"][0], format!("{id}.{suffix}:9163"));
-        let inst = &inv.instances[id];
+        let inst = inv.instance(id).expect("listed instances exist");
         let label = format!(",{},", inst.groups.join(","));
         assert_eq!(g["labels"]["__meta_triton_groups"], label);
         listed.insert(id.to_string());

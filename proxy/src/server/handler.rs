@@ -586,17 +586,15 @@ impl State {
         req: &Request<Incoming>,
     ) -> Response<Body> {
         let inv = self.inventory.load();
-        let owned = instance
-            .and_then(|i| inv.instances.get(i))
-            .filter(|i| i.tenant.as_deref() == Some(id.tenant.as_str()));
+        let owned = instance.and_then(|i| inv.tenant(&id.tenant)?.get(i));
         let (node_id, path) = match (owned, node) {
             (Some(i), _) => (i.node.clone(), format!("/v1/instances/{}/metrics", i.id)),
-            (None, Some(n)) if id.operator && inv.nodes.contains_key(n) => {
+            (None, Some(n)) if id.operator && inv.node(n).is_some() => {
                 (n.to_string(), "/v1/node/metrics".to_string())
             }
             _ => return not_found(),
         };
-        let Some(agent) = inv.nodes.get(&node_id).map(|n| n.agent.clone()) else {
+        let Some(agent) = inv.node(&node_id).map(|n| n.agent.clone()) else {
             self.telemetry
                 .upstream_errors
                 .get_or_create(&UpstreamLabels { kind: "no_agent" })
