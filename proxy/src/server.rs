@@ -26,6 +26,7 @@
 //! - **Admin listener**: plain HTTP (keep it on loopback): `GET /metrics` (OpenMetrics text of
 //!   [`crate::telemetry::Telemetry`]) and `GET /healthz`.
 
+mod bodies;
 pub mod handler;
 
 use std::convert::Infallible;
@@ -57,6 +58,7 @@ pub use crate::tenants::reload::ReloadingTenants;
 use crate::tenants::TenantsError;
 use crate::upstream::{Upstream, UpstreamError};
 
+use self::bodies::Bodies;
 use self::handler::{Conn, State};
 
 /// Why the TLS material could not be used.
@@ -314,6 +316,7 @@ impl Proxy {
             ),
             source_limits: SourceLimiter::new(config.limits.source),
             inventory: Arc::clone(&inventory),
+            bodies: Bodies::default(),
             upstream,
             telemetry: Arc::clone(&telemetry),
             dns_suffix: config.dns_suffix.to_ascii_lowercase(),

@@ -302,6 +302,8 @@ struct Resp {
     status: u16,
     headers: http::HeaderMap,
     body: String,
+    /// The body's bytes as sent (`body` is their lossy UTF-8 reading).
+    raw: Bytes,
 }
 
 impl Resp {
@@ -367,6 +369,7 @@ async fn get(
         status,
         headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
+        raw: bytes,
     })
 }
 
@@ -553,6 +556,91 @@ async fn node_discovery_is_for_operators_only() {
     let r = f.base(None, "/v1/gz/sd", &ops).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json().as_array().map(Vec::len), Some(2));
+    f.proxy.shutdown().await;
+}
+
+fn header<'a>(r: &'a Resp, name: &str) -> Option<&'a str> {
+    r.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn gunzip(raw: &[u8]) -> String {
+    use std::io::Read;
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(raw)
+        .read_to_string(&mut out)
+        .expect("a gzip body");
+    out
+}
+
+/// Triton discovery honours `Accept-Encoding: gzip` (as Go's client sends it, decoding
+/// transparently); HTTP SD never compresses (Prometheus's HTTP SD client would not decode
+/// it). Bodies are cached, yet an inventory change shows at once in both forms.
+#[tokio::test]
+async fn triton_discovery_is_gzipped_on_request_and_follows_changes() {
+    let f = Fixture::start().await;
+    let initech = ("authorization", "Bearer initech-token");
+    let gzip = ("accept-encoding", "gzip");
+
+    let plain = f.base(None, "/v1/discover", &[initech]).await;
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert_eq!(header(&plain, "content-encoding"), None);
+    assert_eq!(header(&plain, "vary"), Some("accept-encoding"));
+    assert_eq!(vm_uuids(&plain.json()), ["i-1"]);
+    let zipped = f.base(None, "/v1/discover", &[initech, gzip]).await;
+    assert_eq!(zipped.status, 200);
+    assert_eq!(header(&zipped, "content-encoding"), Some("gzip"));
+    assert_eq!(header(&zipped, "vary"), Some("accept-encoding"));
+    assert_eq!(gunzip(&zipped.raw), plain.body);
+    let refused = [initech, ("accept-encoding", "gzip;q=0, identity")];
+    let r = f.base(None, "/v1/discover", &refused).await;
+    assert_eq!(
+        (header(&r, "content-encoding"), r.body.as_str()),
+        (None, &*plain.body)
+    );
+
+    let sd = f.base(None, "/v1/sd", &[initech, gzip]).await;
+    assert_eq!(sd.status, 200);
+    assert_eq!(
+        header(&sd, "content-encoding"),
+        None,
+        "HTTP SD is never gzipped"
+    );
+    assert_eq!(sd.json().as_array().map(Vec::len), Some(1));
+
+    let ops = [("authorization", "Bearer ops-token"), gzip];
+    let cns = f.base(None, "/v1/gz/discover", &ops).await;
+    assert_eq!(header(&cns, "content-encoding"), Some("gzip"));
+    assert!(gunzip(&cns.raw).contains(r#""server_uuid":"cn2""#));
+    let nodes = f.base(None, "/v1/gz/sd", &ops).await;
+    assert_eq!(header(&nodes, "content-encoding"), None);
+
+    // initech gets a second instance, a third node appears: every cached body moves on.
+    let changed = format!(
+        "{INVENTORY}[[nodes]]\nid = \"cn3\"\nagent = \"127.0.0.1:1\"\n\
+         [[instances]]\nid = \"i-2\"\nnode = \"cn3\"\ntenant = \"initech\"\n"
+    );
+    std::fs::write(f.path("inventory.toml"), changed).expect("write inventory");
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        let r = f.base(None, "/v1/discover", &[initech, gzip]).await;
+        listed = vm_uuids(&serde_json::from_str(&gunzip(&r.raw)).expect("JSON"));
+        if listed.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(listed, ["i-1", "i-2"], "the gzip body follows the change");
+    let r = f.base(None, "/v1/discover", &[initech]).await;
+    assert_eq!(vm_uuids(&r.json()), ["i-1", "i-2"], "so does the plain one");
+    let r = f.base(None, "/v1/sd", &[initech]).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(2));
+    let r = f.base(None, "/v1/gz/sd", &ops[..1]).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(3));
+    let r = f.base(None, "/v1/gz/discover", &ops).await;
+    assert!(gunzip(&r.raw).contains(r#""server_uuid":"cn3""#));
+    // Another tenant's bodies are unaffected.
+    let r = f.base(Some(&f.globex), "/v1/discover", &[]).await;
+    assert_eq!(vm_uuids(&r.json()), ["g-1"]);
     f.proxy.shutdown().await;
 }
 

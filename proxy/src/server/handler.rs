@@ -42,6 +42,7 @@ use lookout_discovery::sd::{
 use lookout_discovery::{is_dns_label, Shared};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use super::bodies::{accepts_gzip, Bodies, Kind, Rendered};
 use super::{ReloadingTenants, ReloadingTls};
 use crate::host::{HostError, HostRules, Route};
 use crate::identity::{authenticate, Identity, IdentityError, TenantCa};
@@ -87,6 +88,8 @@ pub(crate) struct State {
     pub(crate) tenant_limits: TenantLimiter,
     pub(crate) source_limits: SourceLimiter,
     pub(crate) inventory: Arc<Shared>,
+    /// Discovery bodies rendered from `inventory`, reused until what they show changes.
+    pub(crate) bodies: Bodies,
     pub(crate) upstream: Upstream,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) dns_suffix: String,
@@ -223,6 +226,33 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
     if let Ok(v) = HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
+    resp
+}
+
+/// A successful Triton discovery reply: gzipped when the request's `Accept-Encoding` admits
+/// it (Go's client, hence Prometheus's triton SD, asks for gzip and decodes it
+/// transparently), with `Vary: Accept-Encoding` either way. HTTP SD replies are never
+/// compressed: Prometheus's HTTP SD client does not decode them.
+fn triton_ok(body: &Rendered, headers: &HeaderMap) -> Response<Body> {
+    let gzip = accepts_gzip(
+        headers
+            .get(http::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut resp = if gzip {
+        let mut r = respond(StatusCode::OK, TRITON_CONTENT_TYPE, body.gzip());
+        r.headers_mut().insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_static("gzip"),
+        );
+        r
+    } else {
+        respond(StatusCode::OK, TRITON_CONTENT_TYPE, body.plain())
+    };
+    resp.headers_mut().insert(
+        http::header::VARY,
+        HeaderValue::from_static("accept-encoding"),
+    );
     resp
 }
 
@@ -537,36 +567,40 @@ impl State {
             );
         }
         let inv = self.inventory.load();
-        let json = |body: Vec<u8>, ct: &str| respond(StatusCode::OK, ct, body);
+        let (suffix, port) = (self.dns_suffix.as_str(), self.sd_port);
+        let nodes = Some(inv.node_set().stamp());
         match target {
             Target::Discover | Target::Sd => {
                 let groups = match parse_groups(req.uri().query()) {
                     Ok(g) => g,
                     Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
                 };
+                let (tenant, groups) = (id.tenant.as_str(), groups.as_deref());
+                let stamp = inv.tenant(tenant).map(|t| t.stamp());
                 if target == Target::Discover {
-                    json(
-                        triton_containers(&inv, &id.tenant, groups.as_deref()),
-                        TRITON_CONTENT_TYPE,
-                    )
+                    let body = self.bodies.get(Kind::Triton, tenant, groups, stamp, || {
+                        triton_containers(&inv, tenant, groups)
+                    });
+                    triton_ok(&body, req.headers())
                 } else {
-                    json(
-                        http_sd(
-                            &inv,
-                            &id.tenant,
-                            groups.as_deref(),
-                            &self.dns_suffix,
-                            self.sd_port,
-                        ),
-                        HTTP_SD_CONTENT_TYPE,
-                    )
+                    let body = self.bodies.get(Kind::HttpSd, tenant, groups, stamp, || {
+                        http_sd(&inv, tenant, groups, suffix, port)
+                    });
+                    respond(StatusCode::OK, HTTP_SD_CONTENT_TYPE, body.plain())
                 }
             }
-            Target::GzDiscover if id.operator => json(triton_nodes(&inv), TRITON_CONTENT_TYPE),
-            Target::GzSd if id.operator => json(
-                http_sd_nodes(&inv, &self.dns_suffix, self.sd_port),
-                HTTP_SD_CONTENT_TYPE,
-            ),
+            Target::GzDiscover if id.operator => {
+                let body = self
+                    .bodies
+                    .get(Kind::TritonNodes, "", None, nodes, || triton_nodes(&inv));
+                triton_ok(&body, req.headers())
+            }
+            Target::GzSd if id.operator => {
+                let body = self.bodies.get(Kind::HttpSdNodes, "", None, nodes, || {
+                    http_sd_nodes(&inv, suffix, port)
+                });
+                respond(StatusCode::OK, HTTP_SD_CONTENT_TYPE, body.plain())
+            }
             Target::Instance(i) => self.scrape(id, Some(&i), None, req).await,
             Target::Node(n) => self.scrape(id, None, Some(&n), req).await,
             Target::Named(x) => self.scrape(id, Some(&x), Some(&x), req).await,
