@@ -69,8 +69,7 @@ impl Rendered {
         self.plain.clone()
     }
 
-    /// The body gzipped (fast level: it is redone after every change of its tenant);
-    /// compressed by the first caller, shared after.
+    /// The body gzipped; compressed by the first caller, shared after.
     pub(crate) fn gzip(&self) -> Bytes {
         self.gzip.get_or_init(|| gzip(&self.plain)).clone()
     }
@@ -80,11 +79,13 @@ impl Rendered {
     }
 }
 
-/// gzip at level 1, as the agent does for its views.
+/// gzip at level 2. It is redone after every change of the tenant, so the level stays low;
+/// but zlib-rs's level 1 is its "quick" strategy, which on a 10,000-container body (1.85 MB)
+/// gave 410 KB in 4.6 ms against 281 KB in 5.7 ms at level 2 (and 255 KB in 17 ms at 6).
 fn gzip(plain: &[u8]) -> Bytes {
     let mut enc = GzEncoder::new(
         Vec::with_capacity(plain.len() / 4),
-        flate2::Compression::fast(),
+        flate2::Compression::new(2),
     );
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(plain);
