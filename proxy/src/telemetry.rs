@@ -82,6 +82,8 @@ pub struct Telemetry {
     pub inventory_instances: Gauge,
     /// Nodes in the inventory.
     pub inventory_nodes: Gauge,
+    /// Discovery bodies rendered (the others were served from the cache), by route.
+    pub discovery_renders: Family<RouteLabels, Counter>,
     /// Seconds since the inventory was last published (−1: never).
     pub inventory_age_seconds: Gauge<f64, AtomicU64>,
     /// 1 when the inventory source's last attempt succeeded, else 0.
@@ -170,6 +172,12 @@ impl Telemetry {
             "Nodes in the inventory",
             inventory_nodes.clone(),
         );
+        let discovery_renders = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "discovery_renders",
+            "Discovery bodies rendered because what they show changed or was not cached, by route",
+            discovery_renders.clone(),
+        );
         let inventory_age_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "inventory_age_seconds",
@@ -208,6 +216,7 @@ impl Telemetry {
             tenants_etcd_up,
             inventory_instances,
             inventory_nodes,
+            discovery_renders,
             inventory_age_seconds,
             inventory_source_up,
             replicas,

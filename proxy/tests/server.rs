@@ -712,6 +712,8 @@ async fn host_and_sni_refusals() {
 #[tokio::test]
 async fn own_metrics_on_the_admin_listener() {
     let f = Fixture::start().await;
+    // Twice: the second body comes from the cache.
+    assert_eq!(f.base(Some(&f.acme), "/v1/discover", &[]).await.status, 200);
     assert_eq!(f.base(Some(&f.acme), "/v1/discover", &[]).await.status, 200);
     assert_eq!(f.base(None, "/v1/discover", &[]).await.status, 401);
     let tcp = tokio::net::TcpStream::connect(f.proxy.admin_addr())
@@ -730,7 +732,8 @@ async fn own_metrics_on_the_admin_listener() {
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     let text = String::from_utf8_lossy(&body);
     for want in [
-        r#"lookout_proxy_requests_total{tenant="acme",route="discover",code="2xx"} 1"#,
+        r#"lookout_proxy_requests_total{tenant="acme",route="discover",code="2xx"} 2"#,
+        r#"lookout_proxy_discovery_renders_total{route="discover"} 1"#,
         r#"lookout_proxy_auth_failures_total{reason="no_credentials"} 1"#,
         "lookout_proxy_inventory_instances 5",
         "lookout_proxy_inventory_nodes 2",

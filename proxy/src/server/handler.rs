@@ -569,6 +569,12 @@ impl State {
         let inv = self.inventory.load();
         let (suffix, port) = (self.dns_suffix.as_str(), self.sd_port);
         let nodes = Some(inv.node_set().stamp());
+        let rendered = |route: &'static str| {
+            self.telemetry
+                .discovery_renders
+                .get_or_create(&RouteLabels { route })
+                .inc();
+        };
         match target {
             Target::Discover | Target::Sd => {
                 let groups = match parse_groups(req.uri().query()) {
@@ -579,24 +585,28 @@ impl State {
                 let stamp = inv.tenant(tenant).map(|t| t.stamp());
                 if target == Target::Discover {
                     let body = self.bodies.get(Kind::Triton, tenant, groups, stamp, || {
+                        rendered("discover");
                         triton_containers(&inv, tenant, groups)
                     });
                     triton_ok(&body, req.headers())
                 } else {
                     let body = self.bodies.get(Kind::HttpSd, tenant, groups, stamp, || {
+                        rendered("sd");
                         http_sd(&inv, tenant, groups, suffix, port)
                     });
                     respond(StatusCode::OK, HTTP_SD_CONTENT_TYPE, body.plain())
                 }
             }
             Target::GzDiscover if id.operator => {
-                let body = self
-                    .bodies
-                    .get(Kind::TritonNodes, "", None, nodes, || triton_nodes(&inv));
+                let body = self.bodies.get(Kind::TritonNodes, "", None, nodes, || {
+                    rendered("gz_discover");
+                    triton_nodes(&inv)
+                });
                 triton_ok(&body, req.headers())
             }
             Target::GzSd if id.operator => {
                 let body = self.bodies.get(Kind::HttpSdNodes, "", None, nodes, || {
+                    rendered("gz_sd");
                     http_sd_nodes(&inv, suffix, port)
                 });
                 respond(StatusCode::OK, HTTP_SD_CONTENT_TYPE, body.plain())
