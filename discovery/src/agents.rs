@@ -859,6 +859,54 @@ mod tests {
         assert_eq!(agent(&inv, "empty-node"), "c:1");
     }
 
+    /// A merge writes only what differs: an agent resending the same snapshot publishes
+    /// nothing, and a change on one agent leaves the other tenant's instances and stamp
+    /// as they were (so its cached discovery bodies stay valid).
+    #[test]
+    fn merging_keeps_what_did_not_change() {
+        let inner = with_agents(&["a:1", "b:1"]);
+        let shared = Shared::new();
+        let mut p = Publisher::default();
+        let snap = |v: Vec<Instance>| InstanceEvent::Snapshot {
+            node: None,
+            instances: v,
+        };
+        let mut g = inst("g", "nb");
+        g.tenant = Some("globex".into());
+        inner
+            .apply(&addr("a:1"), snap(vec![inst("x", "na")]))
+            .expect("apply");
+        inner
+            .apply(&addr("b:1"), snap(vec![g.clone()]))
+            .expect("apply");
+        p.publish(&inner, &shared);
+        let before = shared.load();
+        let stamp = |inv: &Inventory, t: &str| inv.tenant(t).map(|t| t.stamp());
+
+        inner.apply(&addr("b:1"), snap(vec![g])).expect("apply");
+        p.publish(&inner, &shared);
+        assert!(Arc::ptr_eq(&before, &shared.load()), "nothing to publish");
+
+        inner
+            .apply(
+                &addr("a:1"),
+                InstanceEvent::Upsert {
+                    instance: inst("y", "na"),
+                },
+            )
+            .expect("apply");
+        p.publish(&inner, &shared);
+        let after = shared.load();
+        assert_eq!(ids(&after), ["g", "x", "y"]);
+        assert_eq!(stamp(&after, "globex"), stamp(&before, "globex"));
+        assert_ne!(stamp(&after, "acme"), stamp(&before, "acme"));
+        let same_g = match (before.instance("g"), after.instance("g")) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        assert!(same_g, "the unchanged instance is shared, not copied");
+    }
+
     #[test]
     fn bad_streams_are_refused() {
         let inner = with_agents(&["a:1"]);
