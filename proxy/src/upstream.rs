@@ -82,7 +82,11 @@ pub use deadline::{BodyDeadline, BoxError, DeadlineBody};
 pub use headers::{forwarded_headers, strip_hop_by_hop, ALLOWED_HEADERS, HOP_BY_HOP_HEADERS};
 
 /// At most this many idle connections are kept per agent; more are closed when released.
-pub const MAX_IDLE_PER_AGENT: usize = 16;
+/// 64, like nginx's `keepalive 64` per worker: below the peak concurrency of a busy proxy,
+/// every burst paid new mTLS handshakes on both sides (16 cost 7–16 % of scrapes a new
+/// connection at 32 in flight, `deploy/bench/README.md`). The agent's own cap
+/// (`collection.max_connections`, 256) bounds what all proxies together may hold.
+pub const MAX_IDLE_PER_AGENT: usize = 64;
 
 /// How the proxy reaches agents.
 #[derive(Debug, Clone)]
