@@ -498,3 +498,54 @@ async fn srv_targets_count_and_a_short_ttl_beats_a_long_refresh() {
     p.proxy.shutdown().await;
     p2.proxy.shutdown().await;
 }
+
+/// Agent addresses that are names are resolved through hickory-resolver with the configured
+/// server: the connection goes to the address DNS gives, and a name DNS does not know is a
+/// DNS failure (503 for the tenant), never a guess.
+#[tokio::test]
+async fn agent_names_resolve_through_the_configured_server() {
+    let dns = Dnsmasq::start("127.0.0.1 agent-7.lookout.test\n", &[]);
+    let pki = Pki::new("lookout-upstream-dns-");
+    let upstream =
+        lookout_proxy::upstream::Upstream::new(&lookout_proxy::upstream::UpstreamConfig {
+            cert: pki.path("proxy.pem"),
+            key: pki.path("proxy-key.pem"),
+            ca: pki.path("operator-ca.pem"),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        })
+        .expect("upstream")
+        .with_dns_server(Some(dns.addr))
+        .expect("resolver");
+    // A port nothing listens on: the error names the address the name resolved to.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let headers = http::HeaderMap::new();
+    let err = upstream
+        .get(
+            &format!("agent-7.lookout.test:{closed}"),
+            "/v1/node/metrics",
+            &headers,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        err.to_string()
+            .contains(&format!("connect 127.0.0.1:{closed}")),
+        "{err}"
+    );
+    let err = upstream
+        .get(
+            "nobody.lookout.test:9164",
+            "/v1/node/metrics",
+            &headers,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("unknown name");
+    assert!(err.to_string().contains("DNS"), "{err}");
+}
