@@ -237,6 +237,16 @@ async fn ping_health_and_readiness_need_no_credentials() {
     // `/_ping` answers on instance hosts too, still without authentication.
     let host = format!("web-1.{BASE}");
     assert_eq!(f.get(None, &host, &host, "/_ping", &[]).await.status, 200);
+    // Health answers on a Host no rule serves (a probe sending the pod's address); nothing
+    // else does.
+    for (path, body) in [("/_ping", "OK"), ("/healthz", "ok\n")] {
+        let r = f.get(None, "", "10.1.2.3:9163", path, &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, body), "{path}");
+    }
+    let r = f.get(None, "", "10.1.2.3:9163", "/readyz", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = f.get(None, "", "10.1.2.3:9163", "/v1/discover", &[]).await;
+    assert_eq!(r.status, 404, "{}", r.body);
     f.proxy.shutdown().await;
 }
 
