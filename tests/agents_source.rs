@@ -7,9 +7,6 @@
 //! Needs root, `runc` and `busybox-static` (the container harness panics naming what is
 //! missing).
 
-#[path = "../agent/tests/support/containers.rs"]
-mod containers;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,101 +15,26 @@ use lookout_agent::config::AgentConfig;
 use lookout_agent::Agent;
 use lookout_discovery::agents::{AgentAddr, AgentsConfig, StaticResolver, StatusHandle, Watcher};
 use lookout_discovery::{Inventory, Shared};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-};
-use tempfile::TempDir;
+use lookout_testkit::containers::{ContainerSpec, Runc};
+use lookout_testkit::pki::Pki;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-use containers::{ContainerSpec, Runc};
 
 /// How soon a change on an agent must show in the proxy's inventory.
 const PROPAGATION: Duration = Duration::from_secs(2);
 /// Bound for slower steps: first connections, an agent's shutdown noticed, a reconnect.
 const SLOW: Duration = Duration::from_secs(15);
 
-/// Operator CA, agent server certificate, proxy client certificate, and a foreign CA's
-/// client certificate — copied in small from `agent/tests/support/agent.rs`.
-struct Pki {
-    dir: TempDir,
-}
-
-fn ca(cn: &str) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().expect("key generation");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, cn);
-    let cert = p.self_signed(&key).expect("self-sign CA");
-    (cert, key)
-}
-
-fn issue(ca: &rcgen::Certificate, ca_key: &KeyPair, cn: &str, server: bool) -> (String, String) {
-    let key = KeyPair::generate().expect("key generation");
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    let cert = p.signed_by(&key, ca, ca_key).expect("sign");
-    (cert.pem(), key.serialize_pem())
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("lookout-agents-pki-")
-            .tempdir()
-            .expect("tempdir");
-        let (ca_cert, ca_key) = ca("lookout operator CA");
-        let (foreign_ca, foreign_key) = ca("someone else's CA");
-        let w = |name: &str, text: &str| {
-            std::fs::write(dir.path().join(name), text).expect("write pem")
-        };
-        w("ca.pem", &ca_cert.pem());
-        for (name, ca, key, server) in [
-            ("agent", &ca_cert, &ca_key, true),
-            ("proxy", &ca_cert, &ca_key, false),
-            ("foreign", &foreign_ca, &foreign_key, false),
-        ] {
-            let (cert, k) = issue(ca, key, name, server);
-            w(&format!("{name}.pem"), &cert);
-            w(&format!("{name}-key.pem"), &k);
-        }
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-}
-
 /// An agent on `listen` with node id `node`, watching only `runc_root`; the periodic rescan
 /// is an hour away, so changes are seen through inotify.
 async fn start_agent(pki: &Pki, node: &str, runc_root: &Path, listen: &str) -> Agent {
-    let text = format!(
-        r#"node_id = "{node}"
-listen = "{listen}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-client_ca = "{ca}"
-reload_interval = "200ms"
-[discovery]
-runc_roots = ["{root}"]
-crun_roots = []
-default_cgroup_rules = false
-rescan_interval = "1h"
-"#,
-        cert = pki.path("agent.pem"),
-        key = pki.path("agent-key.pem"),
-        ca = pki.path("ca.pem"),
-        root = runc_root.display(),
-    );
+    let text = pki
+        .agent_toml(runc_root)
+        .node_id(node)
+        .listen(listen)
+        .tls_reload("200ms")
+        .rescan("1h")
+        .render();
     let cfg = AgentConfig::parse(&text).expect("agent test config parses");
     let problems = cfg.problems();
     assert!(
@@ -139,9 +61,9 @@ cert = "{cert}"
 key = "{key}"
 ca = "{ca}"
 "#,
-        cert = pki.path(&format!("{identity}.pem")),
-        key = pki.path(&format!("{identity}-key.pem")),
-        ca = pki.path("ca.pem"),
+        cert = pki.path(&format!("{identity}.pem")).display(),
+        key = pki.path(&format!("{identity}-key.pem")).display(),
+        ca = pki.path("operator-ca.pem").display(),
     );
     AgentsConfig::parse(&text).expect("watcher test config parses")
 }
@@ -229,7 +151,7 @@ fn spec(id: &str) -> ContainerSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn merges_two_agents_keeps_a_dead_one_and_converges_after_restart() {
-    let pki = Pki::new();
+    let pki = Pki::new("lookout-agents-pki-");
     let runc1 = Runc::new();
     let runc2 = Runc::new();
     let a1 = runc1.run(spec("agt-a1"));
@@ -382,7 +304,7 @@ async fn merges_two_agents_keeps_a_dead_one_and_converges_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dns_membership_adds_and_drops_agents() {
-    let pki = Pki::new();
+    let pki = Pki::new("lookout-agents-pki-");
     let runc1 = Runc::new();
     let runc2 = Runc::new();
     let _c1 = runc1.run(spec("dns-a1"));
@@ -441,7 +363,7 @@ async fn dns_membership_adds_and_drops_agents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_foreign_client_certificate_is_refused() {
-    let pki = Pki::new();
+    let pki = Pki::new("lookout-agents-pki-");
     let runc = Runc::new();
     let _c = runc.run(spec("foreign-c1"));
     let agent = start_agent(&pki, "node-f", runc.state_root(), "127.0.0.1:0").await;

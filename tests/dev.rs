@@ -8,19 +8,15 @@
 //! Needs root, `runc`, `busybox-static`, `prometheus` and `curl` (deploy/test.sh installs
 //! them).
 
-#[path = "../agent/tests/support/containers.rs"]
-mod containers;
-#[path = "support/prometheus.rs"]
-mod prometheus;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use containers::{ContainerSpec, Runc};
-use prometheus::{free_port, Prometheus};
+use lookout_testkit::containers::{ContainerSpec, Runc};
+use lookout_testkit::net::free_port;
+use lookout_testkit::prometheus::{self, Prometheus};
 
 const MIB: u64 = 1 << 20;
 

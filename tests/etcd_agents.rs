@@ -8,8 +8,6 @@
 //! Needs root, `runc`, `busybox-static` and `/usr/bin/etcd` (Debian's `etcd-server`); the
 //! harnesses panic naming what is missing.
 
-#[path = "../agent/tests/support/containers.rs"]
-mod containers;
 #[path = "../discovery/tests/support/etcd.rs"]
 mod etcd_server;
 
@@ -26,8 +24,8 @@ use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use containers::{ContainerSpec, Runc};
 use etcd_server::Etcd;
+use lookout_testkit::containers::{ContainerSpec, Runc};
 
 /// How soon a container's start or stop must show in the source's inventory.
 const PROPAGATION: Duration = Duration::from_secs(2);

@@ -30,12 +30,8 @@
 //! Needs root, `runc`, `busybox-static`, `prometheus`, `etcd-server` and `curl`
 //! (deploy/test.sh installs them); each missing one fails the test naming its package.
 
-#[path = "../agent/tests/support/containers.rs"]
-mod containers;
 #[path = "../discovery/tests/support/etcd.rs"]
 mod etcd_server;
-#[path = "support/prometheus.rs"]
-mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -47,9 +43,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lookout_proxy::pki::{Ca, Kind};
 use serde_json::Value;
 
-use containers::{ContainerSpec, Runc};
 use etcd_server::Etcd;
-use prometheus::{free_port, Prometheus, Target};
+use lookout_testkit::containers::{ContainerSpec, Runc};
+use lookout_testkit::net::free_port;
+use lookout_testkit::prometheus::{Prometheus, Target};
 
 const SUFFIX: &str = "lookout.test";
 /// The tenant owning every container (and Prometheus's identity).

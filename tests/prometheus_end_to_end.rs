@@ -16,21 +16,18 @@
 //! Needs root, `runc`, `busybox-static`, `prometheus` and `curl` (deploy/test.sh installs
 //! them; each missing one fails the test naming it).
 
-#[path = "../agent/tests/support/containers.rs"]
-mod containers;
-#[path = "support/prometheus.rs"]
-mod prometheus;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use lookout_proxy::pki::{Ca, Kind};
-use sha2::{Digest, Sha256};
-
-use containers::{Container, ContainerSpec, Runc};
-use prometheus::{free_port, Prometheus, Target};
+use lookout_testkit::agent::AgentToml;
+use lookout_testkit::containers::{Container, ContainerSpec, Runc};
+use lookout_testkit::net::free_port;
+use lookout_testkit::pki::token_sha256;
+use lookout_testkit::prometheus::{Prometheus, Target};
+use lookout_testkit::proxy::ProxyToml;
 
 const SUFFIX: &str = "lookout.test";
 const MIB: u64 = 1 << 20;
@@ -218,7 +215,7 @@ fn three_tenants_each_see_exactly_their_containers_through_their_own_prometheus(
     );
     let token = "initech-e2e-token-6f1d0c2b9a";
     write(dir, "initech.token", token);
-    let token_hash = lookout_proxy::tenants::hex(&Sha256::digest(token.as_bytes()));
+    let token_hash = token_sha256(token);
     write(
         dir,
         "tenants.toml",
@@ -266,63 +263,23 @@ token_sha256 = ["{token_hash}"]
     let agent_port = free_port();
     let proxy_port = free_port();
     let p = |name: &str| dir.join(name).display().to_string();
-    let agent_toml = write(
-        dir,
-        "agent.toml",
-        &format!(
-            r#"node_id = "e2e-node"
-listen = "127.0.0.1:{agent_port}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-client_ca = "{ca}"
-[discovery]
-runc_roots = ["{root}"]
-crun_roots = []
-default_cgroup_rules = false
-"#,
-            cert = p("agent.pem"),
-            key = p("agent-key.pem"),
-            ca = p("operator-ca.pem"),
-            root = runc.state_root().display(),
-        ),
-    );
-    let proxy_toml = write(
-        dir,
-        "proxy.toml",
-        &format!(
-            r#"listen = "127.0.0.1:{proxy_port}"
-admin_listen = "127.0.0.1:0"
-base_name = "localhost"
-ip_literals_are_base = true
-dns_suffix = "{SUFFIX}"
-tenants_file = "{tenants}"
-[tls]
-cert = "{server}"
-key = "{server_key}"
-tenant_ca = "{tenant_ca}"
-[upstream]
-cert = "{proxy}"
-key = "{proxy_key}"
-ca = "{operator_ca}"
-[inventory]
-source = "agents"
-agents = ["127.0.0.1:{agent_port}"]
-backoff = {{ min = "100ms", max = "1s" }}
-[inventory.tls]
-cert = "{proxy}"
-key = "{proxy_key}"
-ca = "{operator_ca}"
-"#,
-            tenants = p("tenants.toml"),
-            server = p("localhost.pem"),
-            server_key = p("localhost-key.pem"),
-            tenant_ca = p("tenant-ca.pem"),
-            proxy = p("proxy.pem"),
-            proxy_key = p("proxy-key.pem"),
-            operator_ca = p("operator-ca.pem"),
-        ),
-    );
+    let agent_toml = AgentToml::new(
+        &dir.join("agent.pem"),
+        &dir.join("agent-key.pem"),
+        &dir.join("operator-ca.pem"),
+        runc.state_root(),
+    )
+    .node_id("e2e-node")
+    .listen(&format!("127.0.0.1:{agent_port}"));
+    let agent_toml = write(dir, "agent.toml", &agent_toml.render());
+    let proxy_toml = ProxyToml::new(dir)
+        .listen(&format!("127.0.0.1:{proxy_port}"))
+        .base_name("localhost")
+        .top("ip_literals_are_base = true")
+        .dns_suffix(SUFFIX)
+        .server_cert("localhost")
+        .agents(&[format!("127.0.0.1:{agent_port}")], ("100ms", "1s"));
+    let proxy_toml = write(dir, "proxy.toml", &proxy_toml.render());
     let agent = Process::spawn(
         dir,
         "agent",

@@ -5,44 +5,19 @@
 
 #[path = "support/agent.rs"]
 mod agent;
-#[path = "support/containers.rs"]
-mod containers;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use containers::{ContainerSpec, Runc};
 use lookout_agent::Agent;
+use lookout_testkit::containers::{ContainerSpec, Runc};
+use lookout_testkit::pki::Pki;
+use lookout_testkit::prometheus::Prometheus;
 
 const MIB: u64 = 1024 * 1024;
 
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn start_prometheus(
-    pki: &agent::Pki,
-    agent_addr: std::net::SocketAddr,
-    ids: &[&str],
-) -> Prometheus {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Scrapes every second, one job per container id, through the agent's instance path.
+fn prometheus_config(pki: &Pki, agent_addr: std::net::SocketAddr, ids: &[&str]) -> String {
     let jobs: String = ids
         .iter()
         .map(|id| {
@@ -58,67 +33,14 @@ fn start_prometheus(
     static_configs:
       - targets: ["{addr}"]
 "#,
-                ca = pki.path("ca.pem").display(),
+                ca = pki.path("operator-ca.pem").display(),
                 cert = pki.path("proxy.pem").display(),
                 key = pki.path("proxy-key.pem").display(),
                 addr = agent_addr,
             )
         })
         .collect();
-    let config =
-        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n{jobs}");
-    std::fs::write(dir.path().join("prometheus.yml"), config).expect("write config");
-    let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus missing: install Debian's `prometheus` package (deploy/test.sh does)");
-    Prometheus {
-        child,
-        port,
-        _dir: dir,
-    }
-}
-
-/// An instant query through Prometheus's HTTP API (plain HTTP on loopback), as a scalar.
-fn query(port: u16, promql: &str) -> Option<f64> {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "5", "--get", "--data-urlencode"])
-        .arg(format!("query={promql}"))
-        .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
-        .output()
-        .expect("curl");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let r = &v["data"]["result"];
-    let value = match v["data"]["resultType"].as_str()? {
-        "scalar" => &r[1],
-        _ => &r.get(0)?["value"][1],
-    };
-    value.as_str()?.parse().ok()
-}
-
-fn wait_query(port: u16, promql: &str) -> f64 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = query(port, promql).filter(|v| v.is_finite()) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no value for {promql}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n{jobs}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,32 +60,33 @@ async fn node_exporter_full_top_row_is_sensible_per_container() {
         "dd: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pki = agent::Pki::new();
+    let pki = agent::pki();
     let cfg = agent::agent_config(
         &pki,
         runc.state_root(),
         "[collection]\ncache_ttl = \"0s\"\nload_interval = \"1s\"\n",
     );
     let agent = Agent::start(cfg).await.expect("agent starts");
-    let prom = start_prometheus(&pki, agent.local_addr(), &["web"]);
-    let port = prom.port;
+    let config = prometheus_config(&pki, agent.local_addr(), &["web"]);
+    let prom = Arc::new(Prometheus::start("dashboard", &config));
 
+    let p = Arc::clone(&prom);
     let result = tokio::task::spawn_blocking(move || {
+        let wait_query = |promql: &str| p.wait_value(promql, Duration::from_secs(60));
         // Let a few scrapes land.
-        wait_query(port, r#"count_over_time(up{job="web"}[1m]) >= 6"#);
-        let up = wait_query(port, r#"up{job="web"}"#);
+        wait_query(r#"count_over_time(up{job="web"}[1m]) >= 6"#);
+        let up = wait_query(r#"up{job="web"}"#);
         let f = r#"{job="web"}"#;
-        let cpu_busy = wait_query(port, r#"100 * (1 - avg(rate(node_cpu_seconds_total{job="web",mode="idle"}[5s])))"#);
-        let cores = wait_query(port, &format!("count(count(node_cpu_seconds_total{f}) by (cpu))"));
-        let sys_load = wait_query(port, &format!("scalar(node_load1{f}) * 100 / count(count(node_cpu_seconds_total{f}) by (cpu))"));
-        let ram_used = wait_query(port, &format!("clamp_min((1 - node_memory_MemAvailable_bytes{f} / node_memory_MemTotal_bytes{f}) * 100, 0)"));
-        let swap_total = wait_query(port, &format!("node_memory_SwapTotal_bytes{f}"));
+        let cpu_busy = wait_query(r#"100 * (1 - avg(rate(node_cpu_seconds_total{job="web",mode="idle"}[5s])))"#);
+        let cores = wait_query(&format!("count(count(node_cpu_seconds_total{f}) by (cpu))"));
+        let sys_load = wait_query(&format!("scalar(node_load1{f}) * 100 / count(count(node_cpu_seconds_total{f}) by (cpu))"));
+        let ram_used = wait_query(&format!("clamp_min((1 - node_memory_MemAvailable_bytes{f} / node_memory_MemTotal_bytes{f}) * 100, 0)"));
+        let swap_total = wait_query(&format!("node_memory_SwapTotal_bytes{f}"));
         let root_fs = wait_query(
-            port,
             r#"100 - ((node_filesystem_avail_bytes{job="web",mountpoint="/",fstype!="rootfs"} * 100) / node_filesystem_size_bytes{job="web",mountpoint="/",fstype!="rootfs"})"#,
         );
-        let ram_total = wait_query(port, &format!("node_memory_MemTotal_bytes{f}"));
-        let uptime = wait_query(port, &format!("node_time_seconds{f} - node_boot_time_seconds{f}"));
+        let ram_total = wait_query(&format!("node_memory_MemTotal_bytes{f}"));
+        let uptime = wait_query(&format!("node_time_seconds{f} - node_boot_time_seconds{f}"));
         (up, cpu_busy, cores, sys_load, ram_used, swap_total, root_fs, ram_total, uptime)
     })
     .await

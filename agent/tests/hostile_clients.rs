@@ -10,8 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::{get, Pki};
+use agent::get;
 use lookout_agent::Agent;
+use lookout_testkit::pki::Pki;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,7 +42,7 @@ fn closed_within(mut s: TcpStream, limit: Duration) -> bool {
 }
 
 async fn start(extra: &str) -> (Agent, Pki, tempfile::TempDir) {
-    let pki = Pki::new();
+    let pki = agent::pki();
     let empty_root = tempfile::tempdir().expect("tempdir");
     let cfg = agent::agent_config(&pki, empty_root.path(), extra);
     (

@@ -5,14 +5,13 @@
 
 #[path = "support/agent.rs"]
 mod agent;
-#[path = "support/containers.rs"]
-mod containers;
 
 use std::time::{Duration, Instant};
 
-use agent::{get, metric, samples, Pki};
-use containers::{ContainerSpec, NetPair, Runc};
+use agent::get;
 use lookout_agent::Agent;
+use lookout_testkit::containers::{ContainerSpec, NetPair, Runc};
+use lookout_testkit::exposition::{metric, promtool_check, samples};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -82,7 +81,7 @@ async fn real_containers_are_seen_as_nodes_of_their_size() {
     );
     burner.exec_detached(&["sh", "-c", "while :; do :; done"]);
 
-    let pki = Pki::new();
+    let pki = agent::pki();
     let cfg = agent::agent_config(
         &pki,
         runc.state_root(),
@@ -163,7 +162,7 @@ async fn real_containers_are_seen_as_nodes_of_their_size() {
         "container uptime {} s",
         now - boot
     );
-    agent::promtool_check(&b0);
+    promtool_check(&b0);
     for c in [
         "cpu",
         "meminfo",
@@ -273,7 +272,7 @@ async fn real_containers_are_seen_as_nodes_of_their_size() {
 async fn api_formats_errors_and_watch_stream() {
     let runc = Runc::new();
     let first = runc.run(ContainerSpec::new("first").memory_limit(32 * MIB));
-    let pki = Pki::new();
+    let pki = agent::pki();
     let agent = Agent::start(agent::agent_config(&pki, runc.state_root(), ""))
         .await
         .expect("agent starts");
@@ -418,7 +417,7 @@ async fn api_formats_errors_and_watch_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_operator_ca_clients_are_served_and_certificates_reload() {
     let runc = Runc::new();
-    let pki = Pki::new();
+    let pki = agent::pki();
     let cfg = agent::agent_config(&pki, runc.state_root(), "");
     let agent = Agent::start(cfg).await.expect("agent starts");
     let addr = agent.local_addr();
@@ -427,13 +426,13 @@ async fn only_operator_ca_clients_are_served_and_certificates_reload() {
         .await
         .expect("proxy served");
     assert_eq!(ok.status, 200);
-    let anonymous = get(&pki.client(None), addr, "/healthz", &[]).await;
+    let anonymous = get(&pki.agent_client(None), addr, "/healthz", &[]).await;
     assert!(
         anonymous.is_err(),
         "no client certificate must be refused: {anonymous:?}"
     );
     let foreign = get(
-        &pki.client(Some(("foreign.pem", "foreign-key.pem"))),
+        &pki.agent_client(Some(&pki.identity("foreign"))),
         addr,
         "/healthz",
         &[],
@@ -476,7 +475,7 @@ async fn only_operator_ca_clients_are_served_and_certificates_reload() {
 async fn concurrent_scrapes_share_one_collection() {
     let runc = Runc::new();
     let _c = runc.run(ContainerSpec::new("shared").memory_limit(32 * MIB));
-    let pki = Pki::new();
+    let pki = agent::pki();
     let cfg = agent::agent_config(
         &pki,
         runc.state_root(),
@@ -582,7 +581,7 @@ async fn a_hung_filesystem_costs_its_metrics_not_the_scrape() {
     let hung = HungFs::mount();
     let runc = Runc::new();
     let c = runc.run(ContainerSpec::new("nfs-client").bind(hung.dir.path(), "/data"));
-    let pki = Pki::new();
+    let pki = agent::pki();
     let cfg = agent::agent_config(
         &pki,
         runc.state_root(),
@@ -654,7 +653,7 @@ async fn a_hung_filesystem_costs_its_metrics_not_the_scrape() {
 async fn a_changed_quota_shows_within_limits_ttl() {
     let runc = Runc::new();
     let c = runc.run(ContainerSpec::new("resized").cpu_quota(50_000, 100_000));
-    let pki = Pki::new();
+    let pki = agent::pki();
     let cfg = agent::agent_config(
         &pki,
         runc.state_root(),

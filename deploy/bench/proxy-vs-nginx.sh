@@ -101,6 +101,7 @@ case "$ENCODING" in identity | gzip) ;; *) die "ENCODING must be identity or gzi
 LOAD_PIDS=()
 proxy_bench_cleanup() {
   local rc=$? pid
+  set +e   # the trap must run to the end: a failing step here must not skip the cleanup
   for pid in "${LOAD_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   (exit "$rc")
   bench_cleanup

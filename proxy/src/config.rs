@@ -213,6 +213,10 @@ pub struct UpstreamSection {
     /// Default 10 s (Prometheus's default scrape timeout).
     #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub scrape_timeout: Duration,
+    /// Name server for agent addresses that are names (resolved with hickory-resolver,
+    /// answers cached by their TTL). Default: the system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl UpstreamSection {

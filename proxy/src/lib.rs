@@ -27,7 +27,8 @@
 //! ([`limit::follow_replicas_dns`]: A/AAAA addresses or SRV targets of one name; a failed
 //! lookup keeps the last count), or — with the `etcd` inventory source — the number of
 //! replicas registered in etcd ([`registration`], [`limit::follow_replicas_etcd`]).
-//! **Not built yet**: agent addresses from DNS per node (the inventory carries them).
+//! Agent addresses come from the inventory; those that are names are resolved by the
+//! upstream with hickory-resolver (TTL-cached), asking `[upstream] dns_server` when set.
 
 pub mod config;
 mod der;

@@ -249,7 +249,8 @@ impl Proxy {
             config.tenants_file.clone(),
             tenants_etcd.is_some(),
         )?);
-        let upstream = Upstream::new(&config.upstream.upstream_config())?;
+        let upstream = Upstream::new(&config.upstream.upstream_config())?
+            .with_dns_server(config.upstream.dns_server)?;
         let replicas_dns = match &config.limits.replicas_dns {
             Some(dns) => Some((
                 dns.clone(),

@@ -56,7 +56,7 @@ mod deadline;
 mod headers;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +71,8 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use lookout_discovery::agents::resolve::RecordKind;
+use lookout_discovery::agents::HickoryResolver;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
@@ -82,7 +84,11 @@ pub use deadline::{BodyDeadline, BoxError, DeadlineBody};
 pub use headers::{forwarded_headers, strip_hop_by_hop, ALLOWED_HEADERS, HOP_BY_HOP_HEADERS};
 
 /// At most this many idle connections are kept per agent; more are closed when released.
-pub const MAX_IDLE_PER_AGENT: usize = 16;
+/// 64, like nginx's `keepalive 64` per worker: below the peak concurrency of a busy proxy,
+/// every burst paid new mTLS handshakes on both sides (16 cost 7–16 % of scrapes a new
+/// connection at 32 in flight, `deploy/bench/README.md`). The agent's own cap
+/// (`collection.max_connections`, 256) bounds what all proxies together may hold.
+pub const MAX_IDLE_PER_AGENT: usize = 64;
 
 /// How the proxy reaches agents.
 #[derive(Debug, Clone)]
@@ -131,6 +137,9 @@ impl std::fmt::Debug for Upstream {
 /// What the pool and its background tasks share.
 struct Inner {
     tls: TlsConnector,
+    /// Resolves agent addresses that are names (hickory, cached by TTL); built on first use
+    /// from the system configuration unless [`Upstream::with_dns_server`] named a server.
+    resolver: std::sync::OnceLock<Result<HickoryResolver, String>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     /// Idle connections per agent, most recently used last.
@@ -355,13 +364,57 @@ impl Inner {
         });
     }
 
-    /// TCP connect, TLS handshake (verifying the agent against the operator CA and
-    /// presenting the proxy's certificate), HTTP/1.1 handshake — within `connect_timeout`.
+    /// The addresses of `target`: itself for an IP literal, else its A (or, when it has
+    /// none, AAAA) records through hickory-resolver, whose cache honours the records' TTL.
+    async fn addresses(
+        &self,
+        agent: &str,
+        target: &Target,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        if let Ok(ip) = target.host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, target.port)]);
+        }
+        let unreachable = |e: String| UpstreamError::Unreachable(format!("{agent}: DNS: {e}"));
+        let resolver = self
+            .resolver
+            .get_or_init(|| HickoryResolver::new(None))
+            .as_ref()
+            .map_err(|e| unreachable(e.clone()))?;
+        let mut last = String::new();
+        for kind in [RecordKind::A, RecordKind::Aaaa] {
+            match resolver.targets(&target.host, kind, None).await {
+                Ok(t) => {
+                    let found: Vec<SocketAddr> = t
+                        .targets
+                        .iter()
+                        .filter_map(|a| a.parse::<IpAddr>().ok())
+                        .map(|ip| SocketAddr::new(ip, target.port))
+                        .collect();
+                    if !found.is_empty() {
+                        return Ok(found);
+                    }
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(unreachable(last))
+    }
+
+    /// TCP connect (each resolved address in turn), TLS handshake (verifying the agent
+    /// against the operator CA and presenting the proxy's certificate), HTTP/1.1 handshake —
+    /// within `connect_timeout`.
     async fn connect(&self, agent: &str, target: &Target) -> Result<Conn, UpstreamError> {
         let attempt = async {
-            let tcp = TcpStream::connect((target.host.as_str(), target.port))
-                .await
-                .map_err(|e| UpstreamError::Unreachable(format!("{agent}: connect: {e}")))?;
+            let mut tcp = Err(UpstreamError::Unreachable(format!("{agent}: no address")));
+            for addr in self.addresses(agent, target).await? {
+                tcp = TcpStream::connect(addr).await.map_err(|e| {
+                    UpstreamError::Unreachable(format!("{agent}: connect {addr}: {e}"))
+                });
+                if tcp.is_ok() {
+                    break;
+                }
+            }
+            let tcp = tcp?;
             self.opened.fetch_add(1, Ordering::Relaxed);
             let _ = tcp.set_nodelay(true);
             let tls = self
@@ -443,6 +496,7 @@ impl Upstream {
         Ok(Upstream {
             inner: Arc::new(Inner {
                 tls: TlsConnector::from(Arc::new(config)),
+                resolver: std::sync::OnceLock::new(),
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
                 idle: Mutex::new(HashMap::new()),
@@ -498,6 +552,17 @@ impl Upstream {
         };
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
+    }
+
+    /// Resolves agent names by asking `server` only (tests, split-horizon DNS) instead of
+    /// the system's name servers; `None` keeps the system's.
+    pub fn with_dns_server(self, server: Option<SocketAddr>) -> Result<Upstream, UpstreamError> {
+        if server.is_some() {
+            let r = HickoryResolver::new(server)
+                .map_err(|e| UpstreamError::Unreachable(format!("DNS resolver: {e}")))?;
+            let _ = self.inner.resolver.set(Ok(r));
+        }
+        Ok(self)
     }
 
     /// TCP connections opened to agents since creation (successful connects, whether or not

@@ -12,16 +12,12 @@
 //! addresses, or `localhost` for SRV targets nothing connects to.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use lookout_discovery::agents::resolve::RecordKind;
 use lookout_discovery::agents::{
     AgentAddr, AgentsConfig, DnsConfig, DnsKind, HickoryResolver, Resolve, Watcher, DNS_TIMEOUT,
@@ -29,11 +25,11 @@ use lookout_discovery::agents::{
 use lookout_proxy::config::ProxyConfig;
 use lookout_proxy::limit::REPLICAS_DNS_TIMEOUT;
 use lookout_proxy::server::Proxy;
-use lookout_proxy::tenants::hex;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use sha2::{Digest, Sha256};
+use lookout_testkit::exposition::unlabelled;
+use lookout_testkit::https;
+use lookout_testkit::net::free_udp_and_tcp_port;
+use lookout_testkit::pki::{token_sha256 as token_hash, Pki, BASE};
+use rustls::ClientConfig;
 use tempfile::TempDir;
 
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
@@ -65,7 +61,7 @@ impl Dnsmasq {
         let mut last_error = String::new();
         // A free port can be taken between probing and dnsmasq binding it: try a few.
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_udp_and_tcp_port();
             let mut child = Command::new(DNSMASQ)
                 .args([
                     "--no-resolv",
@@ -139,17 +135,6 @@ impl Dnsmasq {
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 when probed.
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("udp addr").port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
     }
 }
 
@@ -259,40 +244,26 @@ async fn targets_count_srv_a_and_aaaa_separately() {
     assert!(ask("nobody.lookout.test", RecordKind::A).await.is_err());
 }
 
-/// A CA and a client certificate, enough for the watcher to load its TLS material.
-fn client_tls(dir: &Path) -> String {
-    let ca_key = KeyPair::generate().expect("keygen");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "operator CA");
-    let ca = p.self_signed(&ca_key).expect("CA");
-    let key = KeyPair::generate().expect("keygen");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.distinguished_name.push(DnType::CommonName, "proxy");
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
-    let w = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write");
-        path.display().to_string()
-    };
+/// The proxy's client certificate and the operator CA, enough for the watcher to load its TLS
+/// material.
+fn client_tls(pki: &Pki) -> String {
     format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-        w("proxy.pem", cert.pem()),
-        w("proxy-key.pem", key.serialize_pem()),
-        w("ca.pem", ca.pem()),
+        pki.path("proxy.pem").display(),
+        pki.path("proxy-key.pem").display(),
+        pki.path("operator-ca.pem").display(),
     )
 }
 
 #[tokio::test]
 async fn the_agents_watcher_asks_the_configured_server() {
     let mut dns = agents_dnsmasq();
-    let dir = TempDir::new().expect("tempdir");
+    let pki = Pki::new("lookout-dns-");
     let config = AgentsConfig::parse(&format!(
         "[dns]\nname = \"agents.lookout.test\"\nkind = \"a\"\nport = 9\nrefresh = \"100ms\"\n\
          server = \"{}\"\n{}",
         dns.addr,
-        client_tls(dir.path())
+        client_tls(&pki)
     ))
     .expect("config");
     assert!(config.problems().is_empty(), "{:?}", config.problems());
@@ -332,40 +303,20 @@ async fn the_agents_watcher_asks_the_configured_server() {
 
 /// The burst every test tenant has, cluster-wide.
 const BURST: u32 = 9;
-const BASE: &str = "lookout.test";
 const PROXIES: &str = "proxies.lookout.test";
-
-fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
 
 /// A proxy on loopback whose replica count comes from `dns`, with tenants `t1`…`t4` (tokens
 /// `t1-token`…) of burst [`BURST`] and a rate slow enough never to refill during a test.
 struct LimitedProxy {
     proxy: Proxy,
     client: Arc<ClientConfig>,
-    _dir: TempDir,
+    _pki: Pki,
 }
 
 impl LimitedProxy {
     async fn start(dns: &Dnsmasq, replicas_dns: &str, replicas: u32) -> LimitedProxy {
-        let dir = tempfile::Builder::new()
-            .prefix("lookout-proxy-dns-")
-            .tempdir()
-            .expect("tempdir");
-        let w = |name: &str, text: &str| -> String {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).expect("write");
-            p.display().to_string()
-        };
-        let ca_key = KeyPair::generate().expect("keygen");
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, "CA");
-        let ca = p.self_signed(&ca_key).expect("CA");
-        let key = KeyPair::generate().expect("keygen");
-        let p = CertificateParams::new(vec![BASE.to_string()]).expect("params");
-        let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+        let pki = Pki::new("lookout-proxy-dns-");
+        let w = |name: &str, text: &str| -> String { pki.write(name, text).display().to_string() };
         let mut tenants =
             String::from("[defaults]\nrate_limit = { per_second = 0.001, burst = 9 }\n");
         for t in ["t1", "t2", "t3", "t4"] {
@@ -374,77 +325,43 @@ impl LimitedProxy {
                 token_hash(&format!("{t}-token"))
             ));
         }
-        let config = format!(
-            r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-base_name = "{BASE}"
-dns_suffix = "{BASE}"
-tenants_file = "{tenants}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-[upstream]
-cert = "{cert}"
-key = "{key}"
-ca = "{ca}"
-[inventory]
-source = "file"
-path = "{inventory}"
-[limits]
-replicas = {replicas}
-source = {{ per_second = 10000.0, burst = 10000 }}
-[limits.replicas_dns]
-server = "{server}"
-{replicas_dns}
-"#,
-            tenants = w("tenants.toml", &tenants),
-            cert = w("cert.pem", &cert.pem()),
-            key = w("key.pem", &key.serialize_pem()),
-            ca = w("ca.pem", &ca.pem()),
-            inventory = w("inventory.toml", "nodes = []\ninstances = []\n"),
-            server = dns.addr,
-        );
-        let cfg = ProxyConfig::load(Path::new(&w("proxy.toml", &config))).expect("valid config");
+        w("tenants.toml", &tenants);
+        let inventory = w("inventory.toml", "nodes = []\ninstances = []\n");
+        let config = pki
+            .proxy_toml()
+            .tables(&format!(
+                "[inventory]\nsource = \"file\"\npath = \"{inventory}\"\n\
+                 [limits]\nreplicas = {replicas}\n\
+                 source = {{ per_second = 10000.0, burst = 10000 }}\n\
+                 [limits.replicas_dns]\nserver = \"{server}\"\n{replicas_dns}\n",
+                server = dns.addr,
+            ))
+            .render();
+        let cfg = ProxyConfig::load(&pki.write("proxy.toml", &config)).expect("valid config");
         let proxy = Proxy::start(cfg).await.expect("proxy starts");
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(ca.der().to_vec()))
-            .expect("root");
-        let client =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let client = Arc::new(pki.tenant_client(None));
         LimitedProxy {
             proxy,
-            client: Arc::new(client),
-            _dir: dir,
+            client,
+            _pki: pki,
         }
     }
 
     /// The status of one `GET /v1/discover` as `tenant`, over a fresh connection.
     async fn discover(&self, tenant: &str) -> u16 {
-        let tcp = tokio::net::TcpStream::connect(self.proxy.local_addr())
-            .await
-            .expect("connect");
-        let name = ServerName::try_from(BASE).expect("name");
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.client))
-            .connect(name, tcp)
-            .await
-            .expect("TLS");
-        let (mut send, conn) = http1::handshake(TokioIo::new(tls)).await.expect("HTTP");
-        tokio::spawn(conn);
-        let req = http::Request::get("/v1/discover")
-            .header("host", BASE)
-            .header("authorization", format!("Bearer {tenant}-token"))
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let resp = send.send_request(req).await.expect("response");
-        let status = resp.status().as_u16();
-        let _ = resp.into_body().collect().await;
-        status
+        let auth = format!("Bearer {tenant}-token");
+        let headers = [("authorization", auth.as_str())];
+        https::get(
+            &self.client,
+            self.proxy.local_addr(),
+            BASE,
+            BASE,
+            "/v1/discover",
+            &headers,
+        )
+        .await
+        .expect("response")
+        .status
     }
 
     /// Requests `tenant` gets through before its first 429 (at most `BURST + 1` tried).
@@ -461,9 +378,7 @@ server = "{server}"
 
     /// A metric without labels, from the proxy's own metrics.
     fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.proxy.telemetry().encode();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        unlabelled(&self.proxy.telemetry().encode(), name)
     }
 }
 
@@ -582,4 +497,55 @@ async fn srv_targets_count_and_a_short_ttl_beats_a_long_refresh() {
     assert_eq!(p2.passes("t1").await, BURST.div_ceil(3));
     p.proxy.shutdown().await;
     p2.proxy.shutdown().await;
+}
+
+/// Agent addresses that are names are resolved through hickory-resolver with the configured
+/// server: the connection goes to the address DNS gives, and a name DNS does not know is a
+/// DNS failure (503 for the tenant), never a guess.
+#[tokio::test]
+async fn agent_names_resolve_through_the_configured_server() {
+    let dns = Dnsmasq::start("127.0.0.1 agent-7.lookout.test\n", &[]);
+    let pki = Pki::new("lookout-upstream-dns-");
+    let upstream =
+        lookout_proxy::upstream::Upstream::new(&lookout_proxy::upstream::UpstreamConfig {
+            cert: pki.path("proxy.pem"),
+            key: pki.path("proxy-key.pem"),
+            ca: pki.path("operator-ca.pem"),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        })
+        .expect("upstream")
+        .with_dns_server(Some(dns.addr))
+        .expect("resolver");
+    // A port nothing listens on: the error names the address the name resolved to.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let headers = http::HeaderMap::new();
+    let err = upstream
+        .get(
+            &format!("agent-7.lookout.test:{closed}"),
+            "/v1/node/metrics",
+            &headers,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        err.to_string()
+            .contains(&format!("connect 127.0.0.1:{closed}")),
+        "{err}"
+    );
+    let err = upstream
+        .get(
+            "nobody.lookout.test:9164",
+            "/v1/node/metrics",
+            &headers,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("unknown name");
+    assert!(err.to_string().contains("DNS"), "{err}");
 }

@@ -22,37 +22,27 @@
 //! scrape a real runc container (`slowloris_flood_*`, `killed_agent_*`): the container
 //! harness panics naming what is missing, never skips. The others need nothing but loopback.
 
-#[path = "../../agent/tests/support/containers.rs"]
-mod containers;
-
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use containers::{ContainerSpec, Runc};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use lookout_agent::config::AgentConfig;
 use lookout_agent::Agent;
 use lookout_proxy::config::ProxyConfig;
 use lookout_proxy::identity::spki_sha256;
 use lookout_proxy::server::Proxy;
 use lookout_proxy::tenants::hex;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use sha2::{Digest, Sha256};
-use tempfile::TempDir;
+use lookout_testkit::containers::{ContainerSpec, Runc};
+use lookout_testkit::exposition::unlabelled;
+use lookout_testkit::https::{self, read_head, serve_tls, Connection, Response};
+use lookout_testkit::net::closed_port;
+use lookout_testkit::pki::{token_sha256 as token_hash, Pki, BASE as SUFFIX};
+use lookout_testkit::tls::Identity;
+use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-const SUFFIX: &str = "lookout.test";
 const MIB: u64 = 1024 * 1024;
 
 /// Added to every configured timeout before a test gives up on it firing: the machine may be
@@ -67,125 +57,30 @@ const SETTLE: Duration = Duration::from_secs(15);
 // PKI and files
 // ---------------------------------------------------------------------------------------
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
+/// `lookout_testkit`'s PKI (operator CA with agent and proxy certificates, server CA, tenant
+/// CA with `acme`, a self-signed key for `globex`) with the tenants file as issued; files in
+/// a temp dir.
+fn fleet() -> Pki {
+    let pki = Pki::new("lookout-refusals-");
+    pki.write("tenants.toml", &pki.tenants(Edit::AsIssued));
+    pki
 }
 
-fn ca(cn: &str) -> Ca {
-    let key = KeyPair::generate().expect("keygen");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, cn);
-    Ca {
-        cert: p.self_signed(&key).expect("CA"),
-        key,
-    }
+/// What these tests set up on top of the PKI.
+trait Setup {
+    fn tenants(&self, edit: Edit) -> String;
+    fn edit_tenants(&self, edit: Edit);
+    fn agent_config(&self, runc_root: &Path, listen: &str) -> AgentConfig;
+    async fn proxy(&self, inventory: Inventory, limits: &Limits) -> Proxy;
+    fn client(&self, identity: Option<&Identity>, alpn: &[&[u8]]) -> Arc<ClientConfig>;
 }
 
-fn issue(ca: &Ca, cn: &str, sans: &[&str], server: bool) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().expect("keygen");
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("params");
-    if server {
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    }
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    (p.signed_by(&key, &ca.cert, &ca.key).expect("sign"), key)
-}
-
-/// A client certificate (DER) and its key (PKCS#8 DER).
-#[derive(Clone)]
-struct Ident {
-    cert: CertificateDer<'static>,
-    key: Vec<u8>,
-}
-
-fn ident(cert: &rcgen::Certificate, key: &KeyPair) -> Ident {
-    Ident {
-        cert: cert.der().clone(),
-        key: key.serialize_der(),
-    }
-}
-
-fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-/// Operator CA (agent server certificate, proxy client certificate), server CA (the proxy's
-/// certificate for `SUFFIX` and `*.SUFFIX`), tenant CA (`acme`), and a self-signed key
-/// registered to `globex`; files in a temp dir.
-struct Pki {
-    dir: TempDir,
-    server_ca: CertificateDer<'static>,
-    acme: Ident,
-    globex: Ident,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("lookout-refusals-")
-            .tempdir()
-            .expect("tempdir");
-        let operator = ca("operator CA");
-        let server_ca = ca("server CA");
-        let tenant_ca = ca("tenant CA");
-        let (agent, agent_key) = issue(&operator, "node-a", &["localhost"], true);
-        let (proxy, proxy_key) = issue(&operator, "proxy", &[], false);
-        let (server, server_key) =
-            issue(&server_ca, SUFFIX, &[SUFFIX, &format!("*.{SUFFIX}")], true);
-        let (acme, acme_key) = issue(&tenant_ca, "acme", &[], false);
-        let globex = {
-            let key = KeyPair::generate().expect("keygen");
-            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-            p.distinguished_name
-                .push(DnType::CommonName, "globex-laptop");
-            ident(&p.self_signed(&key).expect("self-sign"), &key)
-        };
-        let pki = Pki {
-            dir,
-            server_ca: server_ca.cert.der().clone(),
-            acme: ident(&acme, &acme_key),
-            globex,
-        };
-        for (name, text) in [
-            ("operator-ca.pem", operator.cert.pem()),
-            ("agent.pem", agent.pem()),
-            ("agent-key.pem", agent_key.serialize_pem()),
-            ("proxy.pem", proxy.pem()),
-            ("proxy-key.pem", proxy_key.serialize_pem()),
-            ("server.pem", server.pem()),
-            ("server-key.pem", server_key.serialize_pem()),
-            ("tenant-ca.pem", tenant_ca.cert.pem()),
-        ] {
-            pki.write(name, &text);
-        }
-        pki.write("tenants.toml", &pki.tenants(Edit::AsIssued));
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.path(name);
-        std::fs::write(&p, text).expect("write");
-        p.display().to_string()
-    }
-
+impl Setup for Pki {
     /// The tenants file: `acme` by CA certificate, `globex` by its registered key, `initech`
     /// by token — or with one of them taken away.
     fn tenants(&self, edit: Edit) -> String {
-        let globex_spki = hex(&spki_sha256(&self.globex.cert).expect("spki"));
-        let acme_spki = hex(&spki_sha256(&self.acme.cert).expect("spki"));
+        let globex_spki = hex(&spki_sha256(self.globex.cert()).expect("spki"));
+        let acme_spki = hex(&spki_sha256(self.acme.cert()).expect("spki"));
         let revoked = match edit {
             Edit::RevokeAcme => format!("[revoked]\nspki_sha256 = [\"{acme_spki}\"]\n"),
             _ => String::new(),
@@ -223,62 +118,26 @@ token_sha256 = [{initech_tokens}]
     }
 
     fn agent_config(&self, runc_root: &Path, listen: &str) -> AgentConfig {
-        let text = format!(
-            r#"node_id = "node-a"
-listen = "{listen}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-client_ca = "{ca}"
-[discovery]
-runc_roots = ["{root}"]
-crun_roots = []
-default_cgroup_rules = false
-"#,
-            cert = self.path("agent.pem").display(),
-            key = self.path("agent-key.pem").display(),
-            ca = self.path("operator-ca.pem").display(),
-            root = runc_root.display(),
-        );
+        let text = self
+            .agent_toml(runc_root)
+            .node_id("node-a")
+            .listen(listen)
+            .render();
         AgentConfig::parse(&text).expect("agent config")
-    }
-
-    /// A TLS acceptor with the agent's certificate (operator CA), for fake agents.
-    fn fake_agent_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let certs = CertificateDer::pem_file_iter(self.path("agent.pem"))
-            .expect("cert")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("certs");
-        let key = PrivateKeyDer::from_pem_file(self.path("agent-key.pem")).expect("key");
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server cert");
-        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
     }
 
     /// Starts a proxy with this inventory and these limits.
     async fn proxy(&self, inventory: Inventory, limits: &Limits) -> Proxy {
-        let p = |n: &str| self.path(n).display().to_string();
-        let inventory = match inventory {
-            Inventory::Agent(addr) => format!(
-                r#"[inventory]
-source = "agents"
-agents = ["{addr}"]
-backoff = {{ min = "100ms", max = "500ms" }}
-[inventory.tls]
-cert = "{pc}"
-key = "{pk}"
-ca = "{oca}"
-"#,
-                pc = p("proxy.pem"),
-                pk = p("proxy-key.pem"),
-                oca = p("operator-ca.pem"),
-            ),
+        let config = self
+            .proxy_toml()
+            .top("tenants_reload_interval = \"100ms\"")
+            .upstream("connect_timeout = \"1s\"")
+            .upstream(&format!(
+                "scrape_timeout = \"{}ms\"",
+                limits.scrape_timeout.as_millis()
+            ));
+        let config = match inventory {
+            Inventory::Agent(addr) => config.agents(&[addr.to_string()], ("100ms", "500ms")),
             Inventory::FakeAgent(addr) => {
                 let path = self.write(
                     "inventory.toml",
@@ -289,47 +148,22 @@ ca = "{oca}"
                          [[instances]]\nid = \"i-1\"\nnode = \"node-a\"\ntenant = \"initech\"\n"
                     ),
                 );
-                format!(
-                    "[inventory]\nsource = \"file\"\npath = \"{path}\"\nreload_interval = \"100ms\"\n"
-                )
+                config.tables(&format!(
+                    "[inventory]\nsource = \"file\"\npath = \"{}\"\nreload_interval = \"100ms\"\n",
+                    path.display()
+                ))
             }
         };
-        let config = format!(
-            r#"listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-base_name = "{SUFFIX}"
-dns_suffix = "{SUFFIX}"
-tenants_file = "{tenants}"
-tenants_reload_interval = "100ms"
-[tls]
-cert = "{cert}"
-key = "{key}"
-tenant_ca = "{tca}"
-[upstream]
-cert = "{pc}"
-key = "{pk}"
-ca = "{oca}"
-connect_timeout = "1s"
-scrape_timeout = "{scrape}ms"
-{inventory}
-[limits]
-max_connections = {max}
-handshake_timeout = "{hs}ms"
-header_read_timeout = "{hr}ms"
-source = {{ per_second = 10000.0, burst = 10000 }}
-"#,
-            tenants = p("tenants.toml"),
-            cert = p("server.pem"),
-            key = p("server-key.pem"),
-            tca = p("tenant-ca.pem"),
-            pc = p("proxy.pem"),
-            pk = p("proxy-key.pem"),
-            oca = p("operator-ca.pem"),
-            scrape = limits.scrape_timeout.as_millis(),
-            max = limits.max_connections,
-            hs = limits.handshake_timeout.as_millis(),
-            hr = limits.header_read_timeout.as_millis(),
-        );
+        let config = config
+            .tables(&format!(
+                "[limits]\nmax_connections = {max}\nhandshake_timeout = \"{hs}ms\"\n\
+                 header_read_timeout = \"{hr}ms\"\n\
+                 source = {{ per_second = 10000.0, burst = 10000 }}\n",
+                max = limits.max_connections,
+                hs = limits.handshake_timeout.as_millis(),
+                hr = limits.header_read_timeout.as_millis(),
+            ))
+            .render();
         let config = ProxyConfig::parse(&config).expect("proxy config");
         let proxy = Proxy::start(config).await.expect("proxy starts");
         let client = self.client(None, &[]);
@@ -343,23 +177,8 @@ source = {{ per_second = 10000.0, burst = 10000 }}
     }
 
     /// A tenant's TLS client configuration offering these ALPN protocols.
-    fn client(&self, identity: Option<&Ident>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.server_ca.clone()).expect("root");
-        let builder =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots);
-        let mut cfg = match identity {
-            Some(id) => builder
-                .with_client_auth_cert(
-                    vec![id.cert.clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone())),
-                )
-                .expect("client cert"),
-            None => builder.with_no_client_auth(),
-        };
+    fn client(&self, identity: Option<&Identity>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        let mut cfg = self.tenant_client(identity);
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(cfg)
     }
@@ -405,23 +224,13 @@ impl Default for Limits {
 // Clients
 // ---------------------------------------------------------------------------------------
 
-/// A TLS connection to the proxy for server name `name`.
+/// A TLS connection to the proxy for server name `name`, the handshake bounded by [`MARGIN`].
 async fn tls(
     client: &Arc<ClientConfig>,
     proxy: SocketAddr,
     name: &str,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let tcp = TcpStream::connect(proxy)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
-    tokio::time::timeout(
-        MARGIN,
-        tokio_rustls::TlsConnector::from(Arc::clone(client)).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "TLS handshake timed out".to_string())?
-    .map_err(|e| format!("tls: {e}"))
+    https::connect(client, proxy, name, MARGIN).await
 }
 
 /// An HTTP/1.1 connection to the proxy, kept alive for several requests.
@@ -429,62 +238,20 @@ async fn open(
     client: &Arc<ClientConfig>,
     proxy: SocketAddr,
     name: &str,
-) -> Result<SendRequest<Empty<Bytes>>, String> {
-    let tls = tls(client, proxy, name).await?;
-    let (send, conn) = http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(conn);
-    Ok(send)
-}
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: http::HeaderMap,
-    /// The body, or why it could not be read to its end.
-    body: Result<String, hyper::Error>,
-}
-
-impl Resp {
-    fn text(&self) -> &str {
-        self.body.as_deref().unwrap_or("<body failed>")
-    }
+) -> Result<Connection, String> {
+    https::open(client, proxy, name, MARGIN).await
 }
 
 /// One GET on `send`, with `Host: <name>:<port>`.
 async fn request(
-    send: &mut SendRequest<Empty<Bytes>>,
+    send: &mut Connection,
     proxy: SocketAddr,
     name: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> Result<Resp, String> {
-    let mut req = http::Request::get(path).header("host", format!("{name}:{}", proxy.port()));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    // A kept-alive connection takes the next request only once it has finished the last.
-    tokio::time::timeout(Duration::from_secs(30), send.ready())
-        .await
-        .map_err(|_| "connection not ready within 30 s".to_string())?
-        .map_err(|e| format!("connection closed: {e}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
-        .await
-        .map_err(|_| "no answer within 30 s".to_string())?
-        .map_err(|e| format!("request: {e}"))?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
-        .await
-        .map_err(|_| "body not finished within 30 s".to_string())?
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned());
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
+) -> Result<Response, String> {
+    let host = format!("{name}:{}", proxy.port());
+    https::request(send, &host, path, headers).await
 }
 
 /// One GET over a fresh connection.
@@ -494,17 +261,9 @@ async fn get(
     name: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> Result<Resp, String> {
+) -> Result<Response, String> {
     let mut send = open(client, proxy, name).await?;
     request(&mut send, proxy, name, path, headers).await
-}
-
-/// A port nothing listens on.
-async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
 }
 
 /// Reads until the peer closes (EOF or reset) and returns what arrived, or `Err` if the
@@ -540,12 +299,6 @@ where
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The request a slow client trickles: complete, so that only its slowness is refused.
@@ -587,13 +340,13 @@ async fn trickle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_handshake_never_finished_is_closed_after_handshake_timeout() {
-    let pki = Pki::new();
+    let pki = fleet();
     let limits = Limits {
         handshake_timeout: Duration::from_millis(500),
         ..Limits::default()
     };
     let proxy = pki
-        .proxy(Inventory::FakeAgent(closed_port().await), &limits)
+        .proxy(Inventory::FakeAgent(closed_port()), &limits)
         .await;
     let addr = proxy.local_addr();
 
@@ -627,13 +380,13 @@ async fn tls_handshake_never_finished_is_closed_after_handshake_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_headers_slower_than_header_read_timeout_are_cut_off() {
-    let pki = Pki::new();
+    let pki = fleet();
     let limits = Limits {
         header_read_timeout: Duration::from_millis(600),
         ..Limits::default()
     };
     let proxy = pki
-        .proxy(Inventory::FakeAgent(closed_port().await), &limits)
+        .proxy(Inventory::FakeAgent(closed_port()), &limits)
         .await;
     let addr = proxy.local_addr();
     let port = addr.port();
@@ -682,13 +435,13 @@ async fn request_headers_slower_than_header_read_timeout_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_silent_after_the_tls_handshake_is_cut_off() {
-    let pki = Pki::new();
+    let pki = fleet();
     let limits = Limits {
         header_read_timeout: Duration::from_millis(600),
         ..Limits::default()
     };
     let proxy = pki
-        .proxy(Inventory::FakeAgent(closed_port().await), &limits)
+        .proxy(Inventory::FakeAgent(closed_port()), &limits)
         .await;
     let addr = proxy.local_addr();
 
@@ -736,7 +489,7 @@ async fn slowloris_flood_does_not_stop_a_tenants_scrape() {
             .memory_limit(64 * MIB)
             .annotation("lookout.tenant", "acme"),
     );
-    let pki = Pki::new();
+    let pki = fleet();
     let agent = Agent::start(pki.agent_config(runc.state_root(), "127.0.0.1:0"))
         .await
         .expect("agent starts");
@@ -783,7 +536,7 @@ async fn slowloris_flood_does_not_stop_a_tenants_scrape() {
         .expect("scrape during the flood");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        metric(r.text(), "node_memory_MemTotal_bytes"),
+        unlabelled(&r.text(), "node_memory_MemTotal_bytes"),
         Some((64 * MIB) as f64)
     );
 
@@ -811,14 +564,14 @@ async fn slowloris_flood_does_not_stop_a_tenants_scrape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_new_ones_are_closed_until_slow_ones_time_out() {
-    let pki = Pki::new();
+    let pki = fleet();
     let limits = Limits {
         max_connections: 8,
         handshake_timeout: Duration::from_millis(800),
         ..Limits::default()
     };
     let proxy = pki
-        .proxy(Inventory::FakeAgent(closed_port().await), &limits)
+        .proxy(Inventory::FakeAgent(closed_port()), &limits)
         .await;
     let addr = proxy.local_addr();
     let telemetry = Arc::clone(proxy.telemetry());
@@ -924,7 +677,7 @@ async fn killed_agent_is_503_and_the_proxy_recovers_when_it_is_back() {
             .memory_limit(64 * MIB)
             .annotation("lookout.tenant", "acme"),
     );
-    let pki = Pki::new();
+    let pki = fleet();
     let agent = AgentProcess::start(pki.agent_config(runc.state_root(), "127.0.0.1:0"))
         .await
         .expect("agent starts");
@@ -974,47 +727,24 @@ async fn killed_agent_is_503_and_the_proxy_recovers_when_it_is_back() {
     })
     .await;
     assert_eq!(
-        metric(r.text(), "node_memory_MemTotal_bytes"),
+        unlabelled(&r.text(), "node_memory_MemTotal_bytes"),
         Some((64 * MIB) as f64)
     );
     proxy.shutdown().await;
     agent.kill().await;
 }
 
-/// Reads one request head (up to the blank line); false at EOF.
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> bool {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => buf.push(byte[0]),
-            _ => return false,
-        }
-    }
-    true
-}
-
 /// A fake agent (TLS with the agent's certificate) that answers every request with
 /// `answer` (a response head and the start of its body), then dies.
 async fn agent_dying_mid_body(pki: &Pki, answer: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let acceptor = pki.fake_agent_acceptor();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let Ok(mut s) = acceptor.accept(tcp).await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                if read_head(&mut s).await {
-                    let _ = s.write_all(answer).await;
-                    let _ = s.flush().await;
-                }
-                // Dropped without close_notify or the rest of the body: a crash.
-            });
+    serve_tls(pki.agent_acceptor(), move |_, mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.write_all(answer).await;
+            let _ = s.flush().await;
         }
-    });
-    addr
+        // Dropped without close_notify or the rest of the body: a crash.
+    })
+    .await
 }
 
 /// Whether a body error says the message ended before it was complete: hyper's own
@@ -1036,7 +766,7 @@ fn ended_early(e: &hyper::Error) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_dying_mid_response_is_a_broken_body_not_a_short_200() {
     // A fake: a real agent cannot be made to die at a chosen byte of its answer.
-    let pki = Pki::new();
+    let pki = fleet();
     let acme = pki.client(Some(&pki.acme), &[]);
     let web = format!("web.{SUFFIX}");
     for (framing, answer) in [
@@ -1096,7 +826,7 @@ async fn until_refused(client: &Arc<ClientConfig>, proxy: SocketAddr, headers: &
 
 /// Discovery on a kept-alive connection: the status, and the instance ids listed.
 async fn discover(
-    send: &mut SendRequest<Empty<Bytes>>,
+    send: &mut Connection,
     proxy: SocketAddr,
     headers: &[(&str, &str)],
 ) -> (u16, Vec<String>) {
@@ -1106,7 +836,7 @@ async fn discover(
         .expect("answered on the kept-alive connection");
     let ids = match (r.status, &r.body) {
         (200, Ok(b)) => {
-            let v: serde_json::Value = serde_json::from_str(b).expect("JSON");
+            let v: serde_json::Value = serde_json::from_slice(b).expect("JSON");
             v["containers"]
                 .as_array()
                 .expect("containers")
@@ -1121,12 +851,9 @@ async fn discover(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_credentials_are_401_also_on_kept_alive_connections() {
-    let pki = Pki::new();
+    let pki = fleet();
     let proxy = pki
-        .proxy(
-            Inventory::FakeAgent(closed_port().await),
-            &Limits::default(),
-        )
+        .proxy(Inventory::FakeAgent(closed_port()), &Limits::default())
         .await;
     let addr = proxy.local_addr();
     let globex = pki.client(Some(&pki.globex), &[]);

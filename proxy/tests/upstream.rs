@@ -2,8 +2,6 @@
 //! servers for the failure modes an agent does not produce on demand).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
@@ -13,79 +11,33 @@ use lookout_agent::Agent;
 use lookout_proxy::upstream::{
     forwarded_headers, strip_hop_by_hop, Upstream, UpstreamConfig, UpstreamError,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls_pki_types::pem::PemObject;
-use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use lookout_testkit::https::{read_head, serve_tls};
+use lookout_testkit::net::closed_port;
+use lookout_testkit::pki::{Pki, Usage};
+use tokio::io::AsyncWriteExt;
 
-/// Operator CA → agent server cert and proxy client cert; a foreign CA → another server
-/// cert. Files in a temp dir; `runc` is an empty runc state root.
-struct Pki {
-    dir: TempDir,
+/// `lookout_testkit`'s PKI, an agent certificate from a foreign CA (`impostor.pem`), and an
+/// empty runc state root (`runc/`).
+struct Fixture {
+    pki: Pki,
 }
 
-fn ca(cn: &str) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().expect("key generation");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, cn);
-    let cert = p.self_signed(&key).expect("self-sign CA");
-    (cert, key)
-}
-
-fn issue(ca: &rcgen::Certificate, ca_key: &KeyPair, cn: &str, server: bool) -> (String, String) {
-    let key = KeyPair::generate().expect("key generation");
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    let cert = p.signed_by(&key, ca, ca_key).expect("sign");
-    (cert.pem(), key.serialize_pem())
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("lookout-upstream-")
-            .tempdir()
-            .expect("tempdir");
-        let (ca_cert, ca_key) = ca("lookout operator CA");
-        let (foreign_ca, foreign_key) = ca("someone else's CA");
-        let w = |name: &str, text: &str| {
-            std::fs::write(dir.path().join(name), text).expect("write pem")
-        };
-        w("ca.pem", &ca_cert.pem());
-        let (c, k) = issue(&ca_cert, &ca_key, "agent", true);
-        w("agent.pem", &c);
-        w("agent-key.pem", &k);
-        let (c, k) = issue(&ca_cert, &ca_key, "proxy", false);
-        w("proxy.pem", &c);
-        w("proxy-key.pem", &k);
-        let (c, k) = issue(&foreign_ca, &foreign_key, "impostor", true);
-        w("foreign.pem", &c);
-        w("foreign-key.pem", &k);
-        std::fs::create_dir(dir.path().join("runc")).expect("runc root");
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
+impl Fixture {
+    fn new() -> Fixture {
+        let pki = Pki::new("lookout-upstream-");
+        let impostor = pki
+            .foreign
+            .issue("impostor", &["localhost", "127.0.0.1"], Usage::Server);
+        pki.write_issued("impostor", &impostor);
+        std::fs::create_dir(pki.path("runc")).expect("runc root");
+        Fixture { pki }
     }
 
     fn upstream_config(&self, idle_timeout: Duration) -> UpstreamConfig {
         UpstreamConfig {
-            cert: self.path("proxy.pem"),
-            key: self.path("proxy-key.pem"),
-            ca: self.path("ca.pem"),
+            cert: self.pki.path("proxy.pem"),
+            key: self.pki.path("proxy-key.pem"),
+            ca: self.pki.path("operator-ca.pem"),
             connect_timeout: Duration::from_secs(2),
             idle_timeout,
         }
@@ -95,26 +47,18 @@ impl Pki {
         Upstream::new(&self.upstream_config(Duration::from_secs(30))).expect("upstream")
     }
 
-    /// An agent config on `listen` serving `cert`/`key` (file names in this PKI).
-    fn agent_config(&self, listen: &str, cert: &str, key: &str) -> AgentConfig {
-        let text = format!(
-            r#"node_id = "test-node"
-listen = "{listen}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-client_ca = "{ca}"
-[discovery]
-runc_roots = ["{root}"]
-crun_roots = []
-default_cgroup_rules = false
-rescan_interval = "1h"
-"#,
-            cert = self.path(cert).display(),
-            key = self.path(key).display(),
-            ca = self.path("ca.pem").display(),
-            root = self.path("runc").display(),
-        );
+    /// An agent config on `listen` serving `<identity>.pem` of this PKI.
+    fn agent_config(&self, listen: &str, identity: &str) -> AgentConfig {
+        let text = self
+            .pki
+            .agent_toml(&self.pki.path("runc"))
+            .listen(listen)
+            .identity(
+                &self.pki.path(&format!("{identity}.pem")),
+                &self.pki.path(&format!("{identity}-key.pem")),
+            )
+            .rescan("1h")
+            .render();
         AgentConfig::parse(&text).expect("agent config parses")
     }
 
@@ -123,26 +67,9 @@ rescan_interval = "1h"
     }
 
     async fn agent_on(&self, listen: &str) -> Agent {
-        Agent::start(self.agent_config(listen, "agent.pem", "agent-key.pem"))
+        Agent::start(self.agent_config(listen, "agent"))
             .await
             .expect("agent starts")
-    }
-
-    /// A TLS acceptor with the agent's certificate (operator CA), no client auth.
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let certs = CertificateDer::pem_file_iter(self.path("agent.pem"))
-            .expect("cert")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("certs");
-        let key = PrivateKeyDer::from_pem_file(self.path("agent-key.pem")).expect("key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("server cert");
-        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
     }
 }
 
@@ -165,7 +92,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_endpoints_and_statuses_pass_through() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let agent = pki.agent().await;
     let addr = agent.local_addr().to_string();
     let up = pki.upstream();
@@ -224,7 +151,7 @@ async fn agent_endpoints_and_statuses_pass_through() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sequential_requests_share_one_connection() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let agent = pki.agent().await;
     let addr = agent.local_addr().to_string();
     let up = pki.upstream();
@@ -269,7 +196,7 @@ async fn sequential_requests_share_one_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_expire() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let agent = pki.agent().await;
     let addr = agent.local_addr().to_string();
     let up = Upstream::new(&pki.upstream_config(Duration::from_millis(200))).expect("upstream");
@@ -294,7 +221,7 @@ async fn idle_connections_expire() {
 #[tokio::test(flavor = "multi_thread")]
 async fn gzip_is_negotiated_once() {
     use std::io::Read;
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let agent = pki.agent().await;
     let addr = agent.local_addr().to_string();
     let up = pki.upstream();
@@ -386,19 +313,11 @@ fn hop_by_hop_response_headers_are_removed() {
     assert_eq!(names, ["content-encoding", "content-type", "vary"]);
 }
 
-/// A port nothing listens on.
-async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn closed_port_is_unreachable() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let up = pki.upstream();
-    let addr = closed_port().await.to_string();
+    let addr = closed_port().to_string();
     let e = up
         .get(&addr, "/healthz", &HeaderMap::new(), DEADLINE)
         .await
@@ -408,8 +327,8 @@ async fn closed_port_is_unreachable() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_with_a_foreign_certificate_is_unreachable() {
-    let pki = Pki::new();
-    let agent = Agent::start(pki.agent_config("127.0.0.1:0", "foreign.pem", "foreign-key.pem"))
+    let pki = Fixture::new();
+    let agent = Agent::start(pki.agent_config("127.0.0.1:0", "impostor"))
         .await
         .expect("agent starts");
     let up = pki.upstream();
@@ -429,22 +348,9 @@ async fn agent_with_a_foreign_certificate_is_unreachable() {
     agent.shutdown().await;
 }
 
-/// Reads one request head (up to the blank line); false at EOF.
-async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => buf.push(byte[0]),
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// A TLS server with an operator-CA certificate; `serve(n, stream)` handles the `n`-th
-/// connection.
-async fn fake_agent<F, Fut>(pki: &Pki, serve: F) -> SocketAddr
+/// A TLS server with the agent's certificate (operator CA), no client auth; `serve(n, stream)`
+/// handles the `n`-th connection.
+async fn fake_agent<F, Fut>(pki: &Fixture, serve: F) -> SocketAddr
 where
     F: Fn(usize, tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut
         + Send
@@ -452,25 +358,12 @@ where
         + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let acceptor = pki.acceptor();
-    let count = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let n = count.fetch_add(1, Ordering::SeqCst);
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                continue;
-            };
-            tokio::spawn(serve(n, tls));
-        }
-    });
-    addr
+    serve_tls(pki.pki.agent_acceptor(), serve).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_agent_times_out_within_the_deadline() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let addr = fake_agent(&pki, |_, mut s| async move {
         read_head(&mut s).await;
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -494,7 +387,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keep_alive_race_is_retried_once_on_a_new_connection() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     // The first connection answers one request, then reads the next and closes without a
     // word (an agent closing an idle connection just as it is reused); later ones answer.
     let addr = fake_agent(&pki, |n, mut s| async move {
@@ -529,7 +422,7 @@ async fn keep_alive_race_is_retried_once_on_a_new_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failure_on_a_fresh_connection_is_not_retried() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let addr = fake_agent(&pki, |_, mut s| async move {
         if read_head(&mut s).await {
             let _ = s.shutdown().await;
@@ -549,7 +442,7 @@ async fn failure_on_a_fresh_connection_is_not_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn not_http_is_a_protocol_error() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let addr = fake_agent(&pki, |_, mut s| async move {
         if read_head(&mut s).await {
             let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
@@ -568,7 +461,7 @@ async fn not_http_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pool_recovers_after_the_agent_restarts() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let agent = pki.agent().await;
     let listen = agent.local_addr();
     let addr = listen.to_string();
@@ -616,7 +509,7 @@ fn bad_identity_files_are_reported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_targets_are_refused_without_sending() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     let up = pki.upstream();
     let e = up
         .get("127.0.0.1:1", "healthz", &HeaderMap::new(), DEADLINE)
@@ -633,7 +526,7 @@ async fn bad_targets_are_refused_without_sending() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn body_dropped_part_way_closes_its_connection() {
-    let pki = Pki::new();
+    let pki = Fixture::new();
     // The first connection starts a long body and stalls; later ones answer in full.
     let addr = fake_agent(&pki, |n, mut s| async move {
         while read_head(&mut s).await {

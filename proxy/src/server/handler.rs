@@ -5,7 +5,8 @@
 //! 2. **Host/SNI route** ([`crate::host::HostRules`], SNI from the TLS session) → 400/421/404;
 //! 3. **method**: only `GET` and `HEAD` → 405;
 //! 4. `/_ping` (200 `OK`, no authentication), `/healthz` (200), `/readyz` (200 once the
-//!    inventory was loaded, else 503 with the reason) — on any routed host;
+//!    inventory was loaded, else 503 with the reason) — on any Host, answered right after
+//!    the source limit (probes send the pod's address, which no rule routes);
 //! 5. **authentication** ([`crate::identity::authenticate`] with the peer's chain and the
 //!    `Authorization` header; cached per connection) → 401;
 //! 6. **per-tenant limit** → 429 + `Retry-After`;
@@ -257,6 +258,11 @@ fn triton_ok(body: &Rendered, headers: &HeaderMap) -> Response<Body> {
 }
 
 /// A refusal: `error: <message>\n`, `text/plain` — never a JSON object.
+/// `200 text/plain` with `text`.
+fn ok_text(text: &'static str) -> Response<Body> {
+    respond(StatusCode::OK, "text/plain; charset=utf-8", text)
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     respond(
         status,
@@ -418,6 +424,16 @@ impl State {
         if let Err(r) = self.source_limits.check(conn.peer.ip()) {
             return (route::OTHER, None, self.throttled("source", r));
         }
+        // Health answers on any Host, even one this proxy does not serve: load balancers and
+        // Kubernetes probes send the pod's address. They say nothing a tenant could use.
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            match req.uri().path() {
+                "/_ping" => return (route::PING, None, ok_text("OK")),
+                "/healthz" => return (route::HEALTHZ, None, ok_text("ok\n")),
+                "/readyz" => return (route::READYZ, None, self.readyz()),
+                _ => {}
+            }
+        }
         let host = match req.headers().get(http::header::HOST) {
             Some(v) => match v.to_str() {
                 Ok(s) => Some(s),
@@ -441,20 +457,8 @@ impl State {
             return (name, None, resp);
         }
         match target {
-            Target::Ping => {
-                return (
-                    name,
-                    None,
-                    respond(StatusCode::OK, "text/plain; charset=utf-8", "OK"),
-                )
-            }
-            Target::Healthz => {
-                return (
-                    name,
-                    None,
-                    respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-                )
-            }
+            Target::Ping => return (name, None, ok_text("OK")),
+            Target::Healthz => return (name, None, ok_text("ok\n")),
             Target::Readyz => return (name, None, self.readyz()),
             _ => {}
         }

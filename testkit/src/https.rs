@@ -1,0 +1,176 @@
+//! HTTP/1.1 over TLS on loopback, as the proxy's clients and the proxy itself speak it to
+//! agents: a TLS connection with an explicit server name, a kept-alive connection taking
+//! requests one after another, one GET over a fresh connection, and fake TLS servers for
+//! failures a real peer cannot be made to produce on demand.
+//!
+//! Every wait is bounded ([`TIMEOUT`] unless the caller says otherwise); failures come back as
+//! `Err` strings that start with the step that failed (`connect:`, `tls:`, `handshake:`,
+//! `request:`), so refusal tests can tell where a connection was cut.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+/// Bound on each step of a request: handshake, answer, body.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The sending half of a kept-alive HTTP/1.1 connection.
+pub type Connection = SendRequest<Empty<Bytes>>;
+
+/// An answer, its body read to the end (or the error that cut it short).
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// The body as sent (not decompressed), or why it could not be read whole.
+    pub body: Result<Bytes, hyper::Error>,
+}
+
+impl Response {
+    /// The body as (lossy) UTF-8 text; `<body failed: …>` when it was cut short.
+    pub fn text(&self) -> String {
+        match &self.body {
+            Ok(b) => String::from_utf8_lossy(b).into_owned(),
+            Err(e) => format!("<body failed: {e}>"),
+        }
+    }
+
+    /// The body as (lossy) UTF-8 text, or `Err("body: …")` when it was cut short.
+    pub fn complete_text(&self) -> Result<String, String> {
+        match &self.body {
+            Ok(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+            Err(e) => Err(format!("body: {e}")),
+        }
+    }
+}
+
+/// A TLS connection to `addr` for `server_name` (SNI as `client` says), the handshake bounded
+/// by `within`.
+pub async fn connect(
+    client: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    within: Duration,
+) -> Result<TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let handshake = tokio_rustls::TlsConnector::from(Arc::clone(client)).connect(name, tcp);
+    tokio::time::timeout(within, handshake)
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("tls: {e}"))
+}
+
+/// An HTTP/1.1 connection over [`connect`], kept alive for several requests.
+pub async fn open(
+    client: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    within: Duration,
+) -> Result<Connection, String> {
+    let tls = connect(client, addr, server_name, within).await?;
+    let (send, conn) = http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// One GET on `send` with this Host header; waits for the connection to have finished its
+/// last request first.
+pub async fn request(
+    send: &mut Connection,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response, String> {
+    let mut req = http::Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    tokio::time::timeout(TIMEOUT, send.ready())
+        .await
+        .map_err(|_| format!("connection not ready within {TIMEOUT:?}"))?
+        .map_err(|e| format!("connection closed: {e}"))?;
+    let resp = tokio::time::timeout(TIMEOUT, send.send_request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+        .await
+        .map_err(|_| format!("body not finished within {TIMEOUT:?}"))?
+        .map(|b| b.to_bytes());
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One GET over a fresh connection: TLS for `server_name`, then `Host: host`.
+pub async fn get(
+    client: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response, String> {
+    let mut send = open(client, addr, server_name, TIMEOUT).await?;
+    request(&mut send, host, path, headers).await
+}
+
+/// Reads one request head (up to the blank line); false at EOF or on an error.
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> bool {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A fake TLS server on 127.0.0.1: `serve(n, stream)` handles the `n`-th accepted connection
+/// (counted from 0, failed handshakes included) on a task of its own. It runs until the
+/// test's runtime ends.
+pub async fn serve_tls<F, Fut>(acceptor: tokio_rustls::TlsAcceptor, serve: F) -> SocketAddr
+where
+    F: Fn(usize, tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            tokio::spawn(serve(n, tls));
+        }
+    });
+    addr
+}
