@@ -333,37 +333,11 @@ fn main() -> ExitCode {
         Command::Agent {
             config,
             check_config,
-        } => {
-            let cfg = match AgentConfig::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if check_config {
-                println!("{}: ok", config.display());
-                return ExitCode::SUCCESS;
-            }
-            run_agent(cfg)
-        }
+        } => load_then(&config, check_config, AgentConfig::load, run_agent),
         Command::Proxy {
             config,
             check_config,
-        } => {
-            let cfg = match ProxyConfig::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if check_config {
-                println!("{}: ok", config.display());
-                return ExitCode::SUCCESS;
-            }
-            run_proxy(cfg)
-        }
+        } => load_then(&config, check_config, ProxyConfig::load, run_proxy),
         Command::Certs { command } => match certs(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -497,6 +471,27 @@ fn tenants(t: TenantsTarget, command: admin::Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+/// Loads a configuration (every problem printed, exit 2), then either reports it valid
+/// (`--check-config`) or runs with it.
+fn load_then<C, E: std::fmt::Display>(
+    path: &std::path::Path,
+    check_only: bool,
+    load: impl FnOnce(&std::path::Path) -> Result<C, E>,
+    run: impl FnOnce(C) -> ExitCode,
+) -> ExitCode {
+    match load(path) {
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Ok(_) if check_only => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(cfg) => run(cfg),
     }
 }
 
