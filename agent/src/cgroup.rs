@@ -19,8 +19,9 @@ pub mod v2;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::kernel_file::KernelFileError;
+use crate::kernel_file::{Dir, KernelFileError};
 use crate::process::CgroupLine;
 
 /// Which cgroup layout the host uses.
@@ -106,15 +107,52 @@ impl CgroupPaths {
         }
         out
     }
+}
 
-    /// The directory whose task list counts for load sampling and process counts.
-    pub fn tasks_dir(&self, layout: Layout) -> Option<&Path> {
+/// v1 controllers whose files are read on every scrape (and so are held open).
+const V1_PER_SCRAPE: &[&str] = &["cpuacct", "cpu", "memory", "blkio", "pids"];
+
+/// A container's cgroup directories held open for the per-scrape reads (see [`Dir`]): the v2
+/// directory, and each v1 controller read per scrape — one descriptor per distinct
+/// directory, since `cpu` and `cpuacct` usually share one (`cpu,cpuacct`).
+#[derive(Debug, Default)]
+pub struct CgroupDirs {
+    /// The v2 directory (everything on unified hosts; PSI on hybrid ones).
+    pub unified: Option<Dir>,
+    /// v1 directory per controller read per scrape.
+    pub v1: BTreeMap<String, Arc<Dir>>,
+}
+
+impl CgroupDirs {
+    /// Opens the directories of `paths` that scrapes read.
+    pub fn open(paths: &CgroupPaths) -> CgroupDirs {
+        let mut v1: BTreeMap<String, Arc<Dir>> = BTreeMap::new();
+        for ctrl in V1_PER_SCRAPE {
+            let Some(path) = paths.v1.get(*ctrl) else {
+                continue;
+            };
+            // `cpu` and `cpuacct` are one directory, often under two names (symlinks).
+            let dir = Dir::open(path.clone());
+            let dir = match v1.values().find(|d| d.path() == path || d.same_as(&dir)) {
+                Some(same) => Arc::clone(same),
+                None => Arc::new(dir),
+            };
+            v1.insert((*ctrl).to_string(), dir);
+        }
+        CgroupDirs {
+            unified: paths.unified.clone().map(Dir::open),
+            v1,
+        }
+    }
+
+    /// The directory whose task list counts for load sampling.
+    pub fn tasks_dir(&self, layout: Layout) -> Option<&Dir> {
         match layout {
-            Layout::Unified => self.unified.as_deref(),
+            Layout::Unified => self.unified.as_ref(),
             _ => ["cpuacct", "cpu", "pids", "memory"]
                 .iter()
                 .find_map(|c| self.v1.get(*c))
-                .map(PathBuf::as_path),
+                .map(|d| &**d),
         }
     }
 }
@@ -244,8 +282,6 @@ pub struct Limits {
     pub swap: Option<u64>,
     /// Smallest `pids.max` over ancestors.
     pub pids: Option<u64>,
-    /// v1: swap accounting is on (`memory.memsw.*` exists).
-    pub memsw: bool,
     /// `irq.pressure` exists (newer kernels with PSI for IRQs).
     pub irq_pressure: bool,
 }
@@ -306,19 +342,18 @@ pub fn read_limits(paths: &CgroupPaths, layout: Layout, root: &Path) -> Limits {
 
 /// Reads every per-scrape stat of one container's cgroups, with `limits` from
 /// [`read_limits`].
-pub fn read(paths: &CgroupPaths, layout: Layout, root: &Path, limits: &Limits) -> CgroupStats {
+pub fn read(dirs: &CgroupDirs, layout: Layout, root: &Path, limits: &Limits) -> CgroupStats {
     match layout {
-        Layout::Unified => v2::read(paths.unified.as_deref(), root, limits),
-        Layout::Hybrid | Layout::Legacy => v1::read(paths, root, limits),
+        Layout::Unified => v2::read(dirs.unified.as_ref(), root, limits),
+        Layout::Hybrid | Layout::Legacy => v1::read(dirs, root, limits),
     }
 }
 
 /// Reads PSI files of a v2 directory (`irq.pressure` only where it exists).
-pub fn read_pressure(dir: &Path, irq: bool) -> Result<Pressure, KernelFileError> {
+pub fn read_pressure(dir: &Dir, irq: bool) -> Result<Pressure, KernelFileError> {
     let one = |name: &str| -> Result<crate::pressure::Stall, KernelFileError> {
-        let path = dir.join(name);
-        let text = crate::kernel_file::read(&path)?;
-        crate::pressure::parse(&text).map_err(|e| KernelFileError::parse(&path, e))
+        let text = dir.read(name)?;
+        crate::pressure::parse(&text).map_err(|e| KernelFileError::parse(&dir.join(name), e))
     };
     Ok(Pressure {
         cpu: Some(one("cpu.pressure")?),

@@ -100,18 +100,16 @@ impl Exposition {
             (_, Kind::Gauge) => (name, "gauge"),
             (Format::Text, Kind::Untyped) => (name, "untyped"),
         };
-        self.out.push_str("# HELP ");
-        self.out.push_str(family_name);
-        self.out.push(' ');
-        for c in help.chars() {
-            match c {
-                '\\' => self.out.push_str("\\\\"),
-                '\n' => self.out.push_str("\\n"),
-                '"' if self.format == Format::OpenMetrics => self.out.push_str("\\\""),
-                c => self.out.push(c),
-            }
-        }
-        let _ = writeln!(self.out, "\n# TYPE {family_name} {type_name}");
+        let out = &mut self.out;
+        out.push_str("# HELP ");
+        out.push_str(family_name);
+        out.push(' ');
+        push_escaped(out, help, self.format == Format::OpenMetrics);
+        out.push_str("\n# TYPE ");
+        out.push_str(family_name);
+        out.push(' ');
+        out.push_str(type_name);
+        out.push('\n');
         Family { w: self, name }
     }
 
@@ -143,14 +141,7 @@ impl Family<'_> {
                 }
                 out.push_str(k);
                 out.push_str("=\"");
-                for c in v.chars() {
-                    match c {
-                        '\\' => out.push_str("\\\\"),
-                        '"' => out.push_str("\\\""),
-                        '\n' => out.push_str("\\n"),
-                        c => out.push(c),
-                    }
-                }
+                push_escaped(out, v, true);
                 out.push('"');
             }
             out.push('}');
@@ -160,6 +151,23 @@ impl Family<'_> {
         out.push('\n');
         self
     }
+}
+
+/// Appends `text` with `\\` and newline escaped, and `"` too when `quotes`. Most text has
+/// nothing to escape and is copied whole.
+fn push_escaped(out: &mut String, text: &str, quotes: bool) {
+    let special = |b: u8| b == b'\\' || b == b'\n' || (quotes && b == b'"');
+    let mut rest = text;
+    while let Some(i) = rest.bytes().position(special) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            _ => "\\\"",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
 }
 
 fn write_value(out: &mut String, v: f64) {

@@ -55,8 +55,13 @@ impl KernelFileError {
 /// full or the content ends — so a short read is the end. This halves the syscalls of
 /// `fs::read_to_string` on the agent's hottest path.
 pub fn read(path: &Path) -> Result<String, KernelFileError> {
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    read_whole(file, path)
+}
+
+/// Reads an open kernel file to its end (see [`read`] for why one `read` usually suffices).
+fn read_whole(mut file: std::fs::File, path: &Path) -> Result<String, KernelFileError> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     loop {
@@ -74,6 +79,134 @@ pub fn read(path: &Path) -> Result<String, KernelFileError> {
     }
     buf.truncate(len);
     String::from_utf8(buf).map_err(|_| KernelFileError::parse(path, "not UTF-8"))
+}
+
+/// A directory whose files the agent reads on every scrape (a container's cgroup directory,
+/// its `/proc/<pid>`), held open with `O_PATH`: each read is then a one-component `openat`
+/// instead of a walk of the whole path through `/sys/fs/cgroup/<controller>/…` with its mount
+/// crossings — the larger part of opening a cgroup file from scratch. An `O_PATH` descriptor
+/// pins no file content and no seq_file buffer (about 200 bytes of kernel memory), and does
+/// not keep a cgroup from being removed: reads through it of a removed cgroup or an exited
+/// process fail as [`KernelFileError::Gone`].
+///
+/// A `/proc/<pid>` directory opened this way also fixes the process's identity: if the pid is
+/// reused later, reads through the old descriptor fail instead of reading the new process.
+///
+/// Descriptors come from a node-wide budget below the `RLIMIT_NOFILE` soft limit (see
+/// [`set_dir_budget`]); past it, or when `open` fails, a `Dir` reads by path as before.
+#[derive(Debug)]
+pub struct Dir {
+    path: PathBuf,
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// Descriptors held by [`Dir`]s now, and the most they may hold.
+static DIR_FDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static DIR_BUDGET: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4096);
+static BUDGET_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets how many descriptors [`Dir`]s may hold in all (the agent sets it from its file limit
+/// at start, keeping a reserve for connections and everything else).
+pub fn set_dir_budget(n: usize) {
+    DIR_BUDGET.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Descriptors [`Dir`]s hold now (telemetry and tests).
+pub fn dir_fds() -> usize {
+    DIR_FDS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Dir {
+    /// Opens `path` for repeated reads; a `Dir` that reads by path when the directory cannot
+    /// be held open (missing, or the descriptor budget is spent).
+    pub fn open(path: PathBuf) -> Dir {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fd = if DIR_FDS.fetch_add(1, Relaxed) < DIR_BUDGET.load(Relaxed) {
+            use rustix::fs::{Mode, OFlags};
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            rustix::fs::open(&path, flags, Mode::empty()).ok()
+        } else {
+            if !BUDGET_WARNED.swap(true, Relaxed) {
+                tracing::warn!(
+                    budget = DIR_BUDGET.load(Relaxed),
+                    "directory descriptor budget spent (raise LimitNOFILE); further containers are read by path, which costs more CPU"
+                );
+            }
+            None
+        };
+        if fd.is_none() {
+            DIR_FDS.fetch_sub(1, Relaxed);
+        }
+        Dir { path, fd }
+    }
+
+    /// A `Dir` that always reads by path (nothing held open).
+    pub fn unheld(path: PathBuf) -> Dir {
+        Dir { path, fd: None }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the directory is held open (reads are relative to it).
+    pub fn is_held(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// The path of `name` in this directory, for messages and path-based calls.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Reads the whole file `name` (a relative path) as [`read`] does.
+    pub fn read(&self, name: &str) -> Result<String, KernelFileError> {
+        let Some(fd) = &self.fd else {
+            return read(&self.join(name));
+        };
+        use rustix::fs::{Mode, OFlags};
+        let file = rustix::fs::openat(fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| io_error(&self.join(name), e.into()))?;
+        read_whole(std::fs::File::from(file), &self.join(name))
+    }
+
+    /// Reads a file holding one unsigned number.
+    pub fn read_u64(&self, name: &str) -> Result<u64, KernelFileError> {
+        let text = self.read(name)?;
+        text.trim().parse().map_err(|_| {
+            KernelFileError::parse(&self.join(name), format!("not a number: {text:?}"))
+        })
+    }
+
+    /// Whether both are held and are the same directory (one reached through a symlink).
+    pub fn same_as(&self, other: &Dir) -> bool {
+        let (Some(a), Some(b)) = (&self.fd, &other.fd) else {
+            return false;
+        };
+        match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+            (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+            _ => false,
+        }
+    }
+
+    /// Whether the directory has subdirectories: its link count is 2 plus their number,
+    /// which cgroupfs keeps exact (one `fstat` of the held descriptor, no listing).
+    pub fn has_subdirs(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match &self.fd {
+            Some(fd) => rustix::fs::fstat(fd).is_ok_and(|st| st.st_nlink > 2),
+            None => std::fs::metadata(&self.path).is_ok_and(|m| m.nlink() > 2),
+        }
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if self.fd.is_some() {
+            DIR_FDS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Maps an I/O error on `path`, classifying "it went away" separately.
@@ -196,6 +329,59 @@ mod tests {
         // A procfs seq_file over one page, read in one piece.
         let mounts = read(Path::new("/proc/self/mountinfo")).expect("mountinfo");
         assert!(crate::mountinfo::parse(&mounts).is_ok());
+    }
+
+    #[test]
+    fn held_dirs_read_relative_and_see_removal_as_gone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sub = tmp.path().join("c1");
+        std::fs::create_dir(&sub).expect("mkdir");
+        std::fs::write(sub.join("n"), "42\n").expect("write");
+        let link = tmp.path().join("alias");
+        std::os::unix::fs::symlink(&sub, &link).expect("symlink");
+
+        let dir = Dir::open(sub.clone());
+        assert!(dir.is_held());
+        assert_eq!(dir_fds(), 1);
+        assert_eq!(dir.read_u64("n").expect("read"), 42);
+        assert!(!dir.has_subdirs());
+        std::fs::create_dir(sub.join("child")).expect("mkdir");
+        assert!(dir.has_subdirs());
+        assert!(
+            dir.same_as(&Dir::open(link)),
+            "one directory under two names"
+        );
+        assert_eq!(dir_fds(), 1, "the second handle's descriptor was returned");
+
+        // Renaming the path away does not matter to a held directory; removing it does.
+        let moved = tmp.path().join("moved");
+        std::fs::rename(&sub, &moved).expect("rename");
+        assert_eq!(dir.read_u64("n").expect("still readable"), 42);
+        std::fs::remove_dir_all(&moved).expect("rm");
+        assert!(dir.read("n").expect_err("removed").is_gone());
+        drop(dir);
+        assert_eq!(dir_fds(), 0);
+    }
+
+    #[test]
+    fn past_the_budget_dirs_read_by_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("n"), "7").expect("write");
+        set_dir_budget(1);
+        let first = Dir::open(tmp.path().to_path_buf());
+        let second = Dir::open(tmp.path().to_path_buf());
+        assert!(first.is_held() && !second.is_held());
+        assert_eq!(second.read_u64("n").expect("by path"), 7);
+        assert_eq!(dir_fds(), 1);
+        drop(first);
+        assert!(
+            Dir::open(tmp.path().to_path_buf()).is_held(),
+            "budget freed"
+        );
+        // A directory that does not exist is not held, and its reads are gone.
+        let missing = Dir::open(tmp.path().join("nope"));
+        assert!(!missing.is_held());
+        assert!(missing.read("n").expect_err("missing").is_gone());
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl Agent {
     /// Starts the agent: first scan, background tasks, listener.
     pub async fn start(config: AgentConfig) -> Result<Agent, StartError> {
         let host = Arc::new(Host::probe(&config.roots)?);
+        kernel_file::set_dir_budget(dir_fd_budget());
         let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
         tracing::info!(node = %node_id, layout = ?host.layout, cpus = host.cpus, "agent starting");
         let sources: Vec<Box<dyn Source>> = vec![
@@ -193,6 +194,36 @@ impl Agent {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// How many descriptors held cgroup and `/proc/<pid>` directories may use: the
+/// `RLIMIT_NOFILE` soft limit, first raised to the hard limit (as Go's runtime does; systemd
+/// starts services at 1024 soft, 524288 hard), less a reserve for connections, state-root
+/// watches and everything else — half the limit, between 256 and 16,384.
+fn dir_fd_budget() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => lim = getrlimit(Resource::Nofile),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    let soft = lim
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let reserve = (soft / 2).clamp(256, 16_384);
+    let budget = soft.saturating_sub(reserve);
+    tracing::info!(
+        open_file_limit = soft,
+        directory_budget = budget,
+        "descriptor budget"
+    );
+    budget
 }
 
 /// The host name, lowercased, made a DNS label if it is not one.

@@ -1,11 +1,19 @@
 //! Per-container load average, the LXCFS way: there is no per-cgroup run queue length, so the
 //! agent samples how many of the container's threads are runnable (`R`) or in uninterruptible
 //! sleep (`D`) every few seconds and feeds the kernel's fixed-point exponential decay.
+//!
+//! Reading every thread's state costs one `/proc/<tid>/stat` per thread. Most containers are
+//! idle most of the time, and an idle one can skip it: a thread only enters `D` (or forks, or
+//! exits) by running, so if the cgroup's CPU time has not moved since a sample that found no
+//! thread active, none is active now ([`unchanged_since`]). One small counter file replaces
+//! the task list and every thread's stat. (What this can miss is a thread woken but not yet
+//! scheduled at the very instant of the sample, with no CPU used in the cgroup for the whole
+//! interval — which the next sample after it runs sees anyway.)
 
 use std::path::Path;
 
-use crate::cgroup::Layout;
-use crate::kernel_file::{self, KernelFileError};
+use crate::cgroup::{CgroupDirs, Layout};
+use crate::kernel_file::{Dir, KernelFileError};
 use crate::process;
 
 /// Fixed-point one (`FIXED_1` in `include/linux/sched/loadavg.h`).
@@ -53,9 +61,31 @@ pub struct TaskStates {
     pub threads: u64,
 }
 
+/// CPU time used so far by the cgroup whose tasks [`sample`] counts (`cpuacct.usage` on v1,
+/// `usage_usec` of `cpu.stat` on v2), in ns; `None` where there is no such counter.
+pub fn cpu_time_ns(dirs: &CgroupDirs, layout: Layout) -> Option<u64> {
+    match layout {
+        Layout::Unified => {
+            let text = dirs.unified.as_ref()?.read("cpu.stat").ok()?;
+            let usec = crate::kernel_file::flat_keyed(&text)
+                .find(|(k, _)| *k == "usage_usec")
+                .map(|(_, v)| v);
+            usec.map(|v| v.saturating_mul(1000))
+        }
+        // Only when the tasks sampled are the cpuacct directory's (see `tasks_dir`).
+        _ => dirs.v1.get("cpuacct")?.read_u64("cpuacct.usage").ok(),
+    }
+}
+
+/// Whether a sample can be skipped: the last one found nothing active and the cgroup's CPU
+/// time (read *before* this sample would be taken) is what it was then.
+pub fn unchanged_since(last: &TaskStates, last_cpu: Option<u64>, now_cpu: Option<u64>) -> bool {
+    last.running + last.blocked == 0 && now_cpu.is_some() && now_cpu == last_cpu
+}
+
 /// Counts the threads of the cgroup at `dir` by state. Threads that exit while being read are
 /// skipped; only a vanished cgroup is an error.
-pub fn sample(dir: &Path, layout: Layout, proc: &Path) -> Result<TaskStates, KernelFileError> {
+pub fn sample(dir: &Dir, layout: Layout, proc: &Path) -> Result<TaskStates, KernelFileError> {
     let list = if layout == Layout::Unified {
         "cgroup.threads"
     } else {
@@ -67,13 +97,13 @@ pub fn sample(dir: &Path, layout: Layout, proc: &Path) -> Result<TaskStates, Ker
 }
 
 fn visit(
-    dir: &Path,
+    dir: &Dir,
     list: &str,
     proc: &Path,
     depth: usize,
     states: &mut TaskStates,
 ) -> Result<(), KernelFileError> {
-    let tids = kernel_file::read(&dir.join(list))?;
+    let tids = dir.read(list)?;
     let mut path = proc.to_path_buf();
     for tid in tids.lines().filter(|l| !l.is_empty()) {
         path.push(tid);
@@ -89,12 +119,13 @@ fn visit(
         path.pop();
         path.pop();
     }
-    if depth < MAX_DEPTH && crate::cgroup::v2::has_subdirs(dir) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
+    if depth < MAX_DEPTH && dir.has_subdirs() {
+        if let Ok(entries) = std::fs::read_dir(dir.path()) {
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     // A sub-cgroup removed meanwhile is not an error of the parent.
-                    let _ = visit(&e.path(), list, proc, depth + 1, states);
+                    let sub = Dir::unheld(e.path());
+                    let _ = visit(&sub, list, proc, depth + 1, states);
                 }
             }
         }

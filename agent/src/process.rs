@@ -32,6 +32,12 @@ pub fn read_stat(path: &Path) -> Result<ProcStat, KernelFileError> {
     parse_stat(&text).ok_or_else(|| KernelFileError::parse(path, "malformed stat"))
 }
 
+/// The stat of the process whose `/proc/<pid>` is held in `dir`.
+pub fn stat_in(dir: &crate::kernel_file::Dir) -> Result<ProcStat, KernelFileError> {
+    let text = dir.read("stat")?;
+    parse_stat(&text).ok_or_else(|| KernelFileError::parse(&dir.join("stat"), "malformed stat"))
+}
+
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controller,list:/path`. The v2 line has an
 /// empty controller list.
 #[derive(Debug, Clone, PartialEq, Eq)]

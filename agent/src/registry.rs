@@ -12,9 +12,11 @@ use notify::Watcher;
 use tokio::sync::{watch, Notify};
 
 use crate::cache::Cached;
+use crate::cgroup::CgroupDirs;
 use crate::config::LabelKeys;
 use crate::container::{self, Container};
 use crate::host::Host;
+use crate::kernel_file::Dir;
 use crate::loadavg::{self, LoadAvg, TaskStates};
 use crate::source::Source;
 
@@ -23,12 +25,40 @@ use crate::source::Source;
 pub struct Tracked {
     /// The container.
     pub container: Container,
+    /// Its cgroup directories, held open for scrapes.
+    pub dirs: CgroupDirs,
+    /// Its init's `/proc/<pid>`, held open: reads through it fail once that process is gone,
+    /// even if the pid is reused. Not held only when the descriptor budget is spent; then
+    /// every collection checks the start time first.
+    pub proc: Dir,
     /// Load average and synthesised idle time; survive across scrapes.
     pub view: Mutex<ViewState>,
     /// The cached snapshot; the async lock makes concurrent scrapes share one collection.
     pub cache: tokio::sync::Mutex<Option<Cached>>,
     /// Slowly changing readings, refreshed by collections (under `cache`'s lock).
     pub slow: Mutex<Option<Slow>>,
+}
+
+impl Tracked {
+    /// Starts tracking `c`, holding its directories open; `None` if its init process is no
+    /// longer the one discovered (exited, or its pid reused, since the scan).
+    pub fn open(c: Container, host: &Host) -> Option<Tracked> {
+        let proc = Dir::open(host.pid_dir(c.pid));
+        if proc.is_held() {
+            let stat = crate::process::stat_in(&proc).ok()?;
+            if stat.state == b'Z' || stat.start_ticks != c.start_ticks {
+                return None;
+            }
+        }
+        Some(Tracked {
+            dirs: CgroupDirs::open(&c.cgroups),
+            proc,
+            container: c,
+            view: Mutex::default(),
+            cache: tokio::sync::Mutex::new(None),
+            slow: Mutex::new(None),
+        })
+    }
 }
 
 /// Per-container state that only moves forward.
@@ -40,6 +70,11 @@ pub struct ViewState {
     pub tasks: TaskStates,
     /// Whether at least one load sample was taken.
     pub sampled: bool,
+    /// The cgroup's CPU time when the task states were last read (see
+    /// [`loadavg::unchanged_since`]).
+    pub sampled_cpu_ns: Option<u64>,
+    /// Samples answered without reading the task states, because nothing ran.
+    pub quiet_samples: u64,
     /// Last synthesised idle seconds per virtual CPU (kept monotonic).
     pub idle_seconds: f64,
 }
@@ -162,12 +197,10 @@ impl Registry {
                 }
                 let tracked = match old.containers.get(&c.instance.id) {
                     Some(t) if t.container == c => Arc::clone(t),
-                    _ => Arc::new(Tracked {
-                        container: c,
-                        view: Mutex::default(),
-                        cache: tokio::sync::Mutex::new(None),
-                        slow: Mutex::new(None),
-                    }),
+                    _ => match Tracked::open(c, &self.host) {
+                        Some(t) => Arc::new(t),
+                        None => continue,
+                    },
                 };
                 next.containers
                     .insert(tracked.container.instance.id.clone(), tracked);
@@ -246,9 +279,19 @@ impl Registry {
             let host = Arc::clone(&self.host);
             let _ = tokio::task::spawn_blocking(move || {
                 for t in inv.containers.values() {
-                    let Some(dir) = t.container.cgroups.tasks_dir(host.layout) else {
+                    let Some(dir) = t.dirs.tasks_dir(host.layout) else {
                         continue;
                     };
+                    let cpu_ns = loadavg::cpu_time_ns(&t.dirs, host.layout);
+                    {
+                        let mut v = t.view.lock().unwrap_or_else(|e| e.into_inner());
+                        if v.sampled && loadavg::unchanged_since(&v.tasks, v.sampled_cpu_ns, cpu_ns)
+                        {
+                            v.load.update(0);
+                            v.quiet_samples += 1;
+                            continue;
+                        }
+                    }
                     let Ok(states) = loadavg::sample(dir, host.layout, &host.proc) else {
                         continue;
                     };
@@ -256,6 +299,7 @@ impl Registry {
                     v.load.update(states.running + states.blocked);
                     v.tasks = states;
                     v.sampled = true;
+                    v.sampled_cpu_ns = cpu_ns;
                 }
             })
             .await;

@@ -2,14 +2,13 @@
 //! host side only (cgroupfs, `/proc/<pid>/…`, statfs through `/proc/<pid>/root`). Each part
 //! carries its own success, so a failing file costs only its collector's metrics.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cgroup::{self, CgroupStats};
 use crate::filesystem::{Filesystem, Statfs};
 use crate::host::Host;
-use crate::kernel_file::{self, KernelFileError};
+use crate::kernel_file::{Dir, KernelFileError};
 use crate::loadavg::TaskStates;
 use crate::mountinfo;
 use crate::netdev::{self, NetDev};
@@ -40,7 +39,8 @@ pub struct Snapshot {
 }
 
 /// Reads a container. Returns `Err(Gone)` when the container's init process is no longer the
-/// one the registry knows (exited, or its pid reused).
+/// one the registry knows (exited, or its pid reused): its held `/proc/<pid>` answers no
+/// more (or, when not held, its start time differs).
 ///
 /// The reads run inline on the calling task: they are small procfs and cgroupfs files that do
 /// not block on I/O, and the node-wide collection budget keeps at most `max_concurrent`
@@ -53,18 +53,24 @@ pub async fn collect(
     limits_ttl: Duration,
 ) -> Result<Snapshot, KernelFileError> {
     let c = &t.container;
-    let pid_dir = host.pid_dir(c.pid);
-    if crate::source::live_start(host, c.pid, Some(c.start_ticks)).is_none() {
-        return Err(KernelFileError::Gone(pid_dir));
+    let pid_dir = t.proc.path();
+    if !t.proc.is_held() && crate::source::live_start(host, c.pid, Some(c.start_ticks)).is_none() {
+        return Err(KernelFileError::Gone(pid_dir.to_path_buf()));
     }
-    let slow = slow_facts(host, t, &pid_dir, limits_ttl);
-    let cgroup = cgroup::read(&c.cgroups, host.layout, &host.cgroup, &slow.limits);
+    // The process first: once it is gone, nothing else read would belong to the container.
+    let start = Instant::now();
+    let net = read_netdev(&t.proc);
+    let net_seconds = start.elapsed().as_secs_f64();
+    if let Err(e) = &net {
+        if e.is_gone() {
+            return Err(KernelFileError::Gone(pid_dir.to_path_buf()));
+        }
+    }
+    let slow = slow_facts(host, t, limits_ttl);
+    let cgroup = cgroup::read(&t.dirs, host.layout, &host.cgroup, &slow.limits);
     let mut durations = Vec::with_capacity(8);
     durations.extend(cgroup.timings.iter().copied());
-
-    let start = Instant::now();
-    let net = read_netdev(&pid_dir);
-    durations.push(("netdev", start.elapsed().as_secs_f64()));
+    durations.push(("netdev", net_seconds));
 
     let start = Instant::now();
     let filesystems = match &slow.mounts {
@@ -102,14 +108,15 @@ pub async fn collect(
 }
 
 /// The container's limits and mounts, re-read once per `ttl`.
-fn slow_facts(host: &Host, t: &Tracked, pid_dir: &Path, ttl: Duration) -> Slow {
+fn slow_facts(host: &Host, t: &Tracked, ttl: Duration) -> Slow {
     let mut slot = t.slow.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(s) = slot.as_ref().filter(|s| s.at.elapsed() < ttl) {
         return s.clone();
     }
     let limits = cgroup::read_limits(&t.container.cgroups, host.layout, &host.cgroup);
-    let path = pid_dir.join("mountinfo");
-    let mounts = kernel_file::read(&path)
+    let mounts = t
+        .proc
+        .read("mountinfo")
         .map_err(|e| e.to_string())
         .and_then(|text| mountinfo::parse(&text))
         .map(Arc::new);
@@ -122,8 +129,7 @@ fn slow_facts(host: &Host, t: &Tracked, pid_dir: &Path, ttl: Duration) -> Slow {
     s
 }
 
-fn read_netdev(pid_dir: &Path) -> Result<Vec<NetDev>, KernelFileError> {
-    let path = pid_dir.join("net/dev");
-    let text = kernel_file::read(&path)?;
-    netdev::parse(&text).map_err(|e| KernelFileError::parse(&path, e))
+fn read_netdev(proc: &Dir) -> Result<Vec<NetDev>, KernelFileError> {
+    let text = proc.read("net/dev")?;
+    netdev::parse(&text).map_err(|e| KernelFileError::parse(&proc.join("net/dev"), e))
 }

@@ -1183,7 +1183,9 @@ async fn load_average_follows_sampled_task_states() {
     let t = agent.tracked(WEB_ID);
 
     // Threads S, R, D: one runnable, one uninterruptible.
-    let states = loadavg::sample(&web.cgroup, Layout::Unified, &fx.roots.proc)
+    let dir = lookout_agent::kernel_file::Dir::open(web.cgroup.clone());
+    assert!(dir.is_held(), "the fixture cgroup directory is held open");
+    let states = loadavg::sample(&dir, Layout::Unified, &fx.roots.proc)
         .expect("cgroup.threads and /proc/<tid>/stat readable");
     assert_eq!(
         (states.running, states.blocked, states.threads),
@@ -1212,6 +1214,94 @@ async fn load_average_follows_sampled_task_states() {
     assert_eq!(v.value("node_procs_running", &[]), 1.0);
     assert_eq!(v.value("node_procs_blocked", &[]), 1.0);
     promtool_check(&v.text);
+}
+
+/// Rewrites the state letter of thread `tid` in the fixture's `/proc/<tid>/stat`.
+fn set_thread_state(fx: &Fixture, tid: u32, state: char) {
+    let path = fx.roots.proc.join(format!("{tid}/stat"));
+    let text = std::fs::read_to_string(&path).expect("thread stat");
+    let at = text.rfind(')').expect("comm ends") + 2;
+    let mut out = text.clone();
+    out.replace_range(at..at + 1, &state.to_string());
+    std::fs::write(&path, out).expect("write thread stat");
+}
+
+/// Adds `usec` to `usage_usec` in the fixture cgroup's `cpu.stat`.
+fn add_cpu_time(dir: &std::path::Path, usec: u64) {
+    let path = dir.join("cpu.stat");
+    let text = std::fs::read_to_string(&path).expect("cpu.stat");
+    let out: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("usage_usec ") {
+            Some(v) => format!("usage_usec {}\n", v.parse::<u64>().expect("usec") + usec),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&path, out).expect("write cpu.stat");
+}
+
+// Multi-threaded: the test polls with blocking sleeps while the sampler runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_container_is_sampled_from_its_cpu_time_alone() {
+    let fx = Fixture::new();
+    let (web, _, _) = docker_fixture(&fx);
+    for tid in &web.tids {
+        set_thread_state(&fx, *tid, 'S');
+    }
+    let agent = Agent::over(&fx);
+    let t = agent.tracked(WEB_ID);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let sampler =
+        tokio::spawn(Arc::clone(&agent.registry).sample_load(Duration::from_millis(20), rx));
+    let wait_for = |what: &str, ok: &dyn Fn(&lookout_agent::registry::ViewState) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = *t.view.lock().expect("view lock");
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: {v:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // The first sample reads every thread: all sleeping.
+    let v = wait_for("first sample", &|v| v.sampled);
+    assert_eq!((v.tasks.running, v.tasks.threads), (0, 3), "{v:?}");
+    // Nothing ran since: later samples read only cpu.stat, and count nothing active.
+    let v = wait_for("quiet samples", &|v| v.quiet_samples >= 3);
+    assert_eq!(v.load.values(), [0.0; 3]);
+    // Proof that the threads were not read: a thread marked runnable without any CPU time
+    // used (which the kernel cannot do) goes unseen...
+    set_thread_state(&fx, web.tids[1], 'R');
+    let before = t.view.lock().expect("view lock").quiet_samples;
+    let v = wait_for("still quiet", &|v| v.quiet_samples >= before + 3);
+    assert_eq!(v.tasks.running, 0);
+    // ...until the cgroup's CPU time moves: then the threads are read again.
+    add_cpu_time(&web.cgroup, 20_000);
+    let v = wait_for("read after CPU time moved", &|v| v.tasks.running == 1);
+    assert_eq!(v.sampled_cpu_ns, Some(web_usage_usec(&web) * 1000));
+    // With a thread active, every sample reads the threads even though the CPU time is still.
+    let quiet = v.quiet_samples;
+    std::thread::sleep(Duration::from_millis(200));
+    let v = *t.view.lock().expect("view lock");
+    assert_eq!(
+        v.quiet_samples, quiet,
+        "no sample skipped while a thread is runnable"
+    );
+    assert!(v.load.values()[0] > 0.0);
+    stop.send(true).expect("sampler listening");
+    sampler.await.expect("sampler ends");
+}
+
+/// `usage_usec` of the fixture cgroup's `cpu.stat` now.
+fn web_usage_usec(web: &Placed) -> u64 {
+    let text = std::fs::read_to_string(web.cgroup.join("cpu.stat")).expect("cpu.stat");
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .expect("usage_usec")
+        .parse()
+        .expect("number")
 }
 
 #[tokio::test]

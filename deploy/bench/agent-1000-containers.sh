@@ -24,6 +24,9 @@
 #   N=1000  ROUNDS=8  INTERVAL=15  IDLE_SECONDS=ROUNDS*INTERVAL  SETTLE=10  PARALLEL=1
 #   HTTP=1.1 (or 2)   SLEEP_BIN=/bin/sleep   LOOKOUT_BIN=<repo>/target/release/lookout   AGENT_PORT=19164
 #   NE_PORT=19100
+#   PROFILE=0         1: afterwards, profile the agent with `perf` over one more round and an
+#                     idle stretch of INTERVAL s, and count its syscalls per scrape with `strace`
+#   PROFILE_DIR=/tmp/lookout-profile   where PROFILE=1 leaves perf.data and perf-idle.data
 set -euo pipefail
 # shellcheck source=deploy/bench/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -35,6 +38,7 @@ IDLE_SECONDS=${IDLE_SECONDS:-$((ROUNDS * INTERVAL))}
 SETTLE=${SETTLE:-10}
 PARALLEL=${PARALLEL:-1}
 SLEEP_BIN=${SLEEP_BIN:-/bin/sleep}
+PROFILE_DIR=${PROFILE_DIR:-/tmp/lookout-profile}
 
 # --- prerequisites ------------------------------------------------------------------------------
 need_root
@@ -46,6 +50,10 @@ need jq jq
 need prometheus-node-exporter prometheus-node-exporter
 need timeout coreutils
 need getconf libc-bin
+if [ "${PROFILE:-0}" = 1 ]; then
+  need perf linux-perf
+  need strace strace
+fi
 [ -x "$SLEEP_BIN" ] || die "$SLEEP_BIN missing — install it: apt-get install -y coreutils"
 for v in N ROUNDS INTERVAL IDLE_SECONDS PARALLEL; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
@@ -133,12 +141,14 @@ seconds_until() {
 log "scrape phase: $ROUNDS rounds of $N requests, one round every ${INTERVAL} s, $PARALLEL connection(s)"
 : >"$BENCH_TMP/all.out"
 ROUND_S=()
+ROUND_MS=() # agent CPU per scrape within each round (ms): robust to what runs between rounds
 t0=$(cpu_ticks "$AGENT_PID")
 w0=$EPOCHREALTIME
 for ((r = 0; r < ROUNDS; r++)); do
   # Round r starts at w0 + r*INTERVAL.
   sleep "$(seconds_until "$w0" "$r")"
   rs=$EPOCHREALTIME
+  rt0=$(cpu_ticks "$AGENT_PID")
   cpids=()
   for ((p = 0; p < PARALLEL; p++)); do
     curl_batch "$BENCH_TMP/round-$p.cfg" "$BENCH_TMP/round-$r-$p.out" "$INTERVAL" "${AGENT_ARGS[@]}" &
@@ -146,6 +156,9 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
   wait "${cpids[@]}"
   re=$EPOCHREALTIME
+  rt1=$(cpu_ticks "$AGENT_PID")
+  rok=$(cat "$BENCH_TMP"/round-"$r"-*.out | awk '$1 == 200' | wc -l)
+  ROUND_MS+=("$(awk -v t=$((rt1 - rt0)) -v n="$rok" -v hz="$CLK_TCK" 'BEGIN { if (n) printf "%.3f", t / hz / n * 1000; else print "-" }')")
   ROUND_S+=("$(awk -v a="$rs" -v b="$re" 'BEGIN { printf "%.2f", b - a }')")
   cat "$BENCH_TMP"/round-"$r"-*.out >>"$BENCH_TMP/all.out"
   log "round $((r + 1))/$ROUNDS: $(awk '$1 == 200' "$BENCH_TMP"/round-"$r"-*.out | wc -l) ok in ${ROUND_S[r]} s"
@@ -170,6 +183,39 @@ COLL=$(agent_get /metrics | awk '
 # node_exporter after one scrape, for a like-for-like "has served" figure.
 curl -sS --fail --max-time 10 -o /dev/null "$NE_URL/metrics" || log "WARNING: node_exporter scrape failed"
 NE_SCRAPED_RSS=$(status_kb "$NE_PID" VmRSS)
+
+# --- optional profile (PROFILE=1): extra rounds, not part of the figures above --------------------
+# profile_round NAME WRAPPER...: one more round of N scrapes under WRAPPER (perf or strace).
+profile_round() {
+  local name=$1
+  shift
+  "$@" -- timeout "$((INTERVAL * 4))" curl -sS --max-time 10 "${AGENT_ARGS[@]}" -K "$BENCH_TMP/round-0.cfg" \
+    -o /dev/null -w '%{http_code}\n' >"$BENCH_TMP/profile-$name.out" 2>/dev/null || true
+}
+if [ "${PROFILE:-0}" = 1 ]; then
+  log "profiling: perf over one round, perf over ${INTERVAL} s idle, strace over one round"
+  # Each profiled round collects again: wait out the cache TTL.
+  sleep 2
+  profile_round perf perf record -q -e cpu-clock -F 1999 -g -p "$AGENT_PID" -o "$BENCH_TMP/perf.data"
+  perf record -q -e cpu-clock -F 1999 -g -p "$AGENT_PID" -o "$BENCH_TMP/perf-idle.data" -- sleep "$INTERVAL" \
+    >/dev/null 2>&1 || true
+  sleep 2
+  # strace attached by pid runs until told to detach: start it, run the round, stop it.
+  strace -c -f -o "$BENCH_TMP/strace.txt" -p "$AGENT_PID" 2>/dev/null &
+  strace_pid=$!
+  sleep 1
+  profile_round strace env
+  kill -INT "$strace_pid" 2>/dev/null || true
+  wait "$strace_pid" 2>/dev/null || true
+  for d in perf perf-idle; do
+    perf report -i "$BENCH_TMP/$d.data" --no-children --sort dso,sym --stdio -g none >"$BENCH_TMP/$d-sym.txt" 2>/dev/null || true
+    perf report -i "$BENCH_TMP/$d.data" --children --sort sym --stdio -g none >"$BENCH_TMP/$d-children.txt" 2>/dev/null || true
+  done
+  # The raw profiles outlive the run for a closer look (perf report -i …).
+  mkdir -p "$PROFILE_DIR"
+  cp "$BENCH_TMP"/perf.data "$BENCH_TMP"/perf-idle.data "$PROFILE_DIR"/
+  log "profiles kept in $PROFILE_DIR"
+fi
 
 # --- summary ---------------------------------------------------------------------------------------------
 pct() { awk -v d="$1" -v w="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz / w * 100 }'; }
@@ -213,6 +259,7 @@ cat <<EOF
 scrapes       $OK ok, $ERR failed, $CONNS connections; rounds of $N took ${ROUND_S[*]} s (max $round_max s)
 latency       p50 $P50 ms, p90 $P90 ms, p99 $P99 ms; $BYTES B per response
 per scrape    $PER_SCRAPE_MS ms agent CPU (scrape phase minus idle rate); collection mean $COLL ms (lookout_agent_collection_seconds)
+per round     ${ROUND_MS[*]} ms agent CPU per scrape within each round (min $(printf '%s\n' "${ROUND_MS[@]}" | sort -g | head -1))
 peer          node_exporter VmRSS idle $(mib "$NE_IDLE_RSS") MiB (VmHWM $(mib "$NE_IDLE_HWM") MiB), after one scrape $(mib "$NE_SCRAPED_RSS") MiB
 
 targets (stated for 1,000)        measured   target   verdict   (this run: N=$N)
@@ -222,4 +269,18 @@ printf '%-33s %8s %8s   %s\n' "CPU scraped every ${INTERVAL}s, % core" "$SCRAPE_
 printf '%-33s %8s %8s   %s\n' "VmRSS, MiB (max of phases)" "$(mib "$MAX_RSS")" "< 32" "$(verdict "$(mib "$MAX_RSS")" 32)"
 printf '%-33s %8s %8s   %s\n' "VmHWM, MiB" "$(mib "${HWM[scrape]}")" "< 32" "$(verdict "$(mib "${HWM[scrape]}")" 32)"
 busy_note
+if [ "${PROFILE:-0}" = 1 ]; then
+  n=$(grep -c '^200' "$BENCH_TMP/profile-perf.out" || true)
+  echo
+  echo "=== profile (PROFILE=1; extra rounds, not part of the figures above) ==="
+  echo "--- one round of $n scrapes: self time by symbol"
+  awk '!/^#/ && NF && n++ < 40 { sub(/ +$/, ""); print }' "$BENCH_TMP/perf-sym.txt"
+  echo "--- one round: inclusive time by symbol"
+  awk '!/^#/ && NF && n++ < 60 { sub(/ +$/, ""); print }' "$BENCH_TMP/perf-children.txt"
+  echo "--- ${INTERVAL} s idle: self time by symbol"
+  awk '!/^#/ && NF && n++ < 25 { sub(/ +$/, ""); print }' "$BENCH_TMP/perf-idle-sym.txt"
+  n=$(grep -c '^200' "$BENCH_TMP/profile-strace.out" || true)
+  echo "--- syscalls over one round of $n scrapes (strace -c -f; calls per scrape = calls / $n)"
+  cat "$BENCH_TMP/strace.txt"
+fi
 exit 0

@@ -1,14 +1,14 @@
 //! cgroup v1 readers: one hierarchy per controller, each with its own path for the container.
-//! CPU time is in ns (`cpuacct.usage*`) or USER_HZ ticks (`cpuacct.stat`); "unlimited" is a
-//! huge sentinel number. PSI, if any, comes from the hybrid layout's v2 tree.
+//! CPU time is in USER_HZ ticks (`cpuacct.stat`); "unlimited" is a huge sentinel number. PSI,
+//! if any, comes from the hybrid layout's v2 tree.
 
 use std::path::{Path, PathBuf};
 
 use super::{
-    ancestors, timed, CgroupPaths, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Limits, Memory,
-    MemoryStat, Pids,
+    ancestors, timed, CgroupDirs, CgroupPaths, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Limits,
+    Memory, MemoryStat, Pids,
 };
-use crate::kernel_file::{self, flat_keyed, KernelFileError};
+use crate::kernel_file::{self, flat_keyed, Dir, KernelFileError};
 
 /// v1 `memory.stat` hierarchical keys and the v2 names they are stored under.
 const MEMORY_STAT_MAP: &[(&str, &str)] = &[
@@ -19,7 +19,7 @@ const MEMORY_STAT_MAP: &[(&str, &str)] = &[
     ("total_mapped_file", "file_mapped"),
     ("total_dirty", "file_dirty"),
     ("total_writeback", "file_writeback"),
-    ("total_swap", "swapcached"),
+    ("total_swapcached", "swapcached"),
     ("total_inactive_anon", "inactive_anon"),
     ("total_active_anon", "active_anon"),
     ("total_inactive_file", "inactive_file"),
@@ -32,22 +32,21 @@ const MEMORY_STAT_MAP: &[(&str, &str)] = &[
 /// USER_HZ: the unit of `cpuacct.stat`, fixed at 100 by the kernel ABI.
 const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 
-fn controller<'a>(
-    paths: &'a CgroupPaths,
-    root: &Path,
-    name: &str,
-) -> Result<&'a Path, KernelFileError> {
-    paths
-        .v1
+fn controller<'a>(paths: &'a CgroupPaths, name: &str) -> Option<&'a Path> {
+    paths.v1.get(name).map(PathBuf::as_path)
+}
+
+fn held<'a>(dirs: &'a CgroupDirs, root: &Path, name: &str) -> Result<&'a Dir, KernelFileError> {
+    dirs.v1
         .get(name)
-        .map(PathBuf::as_path)
+        .map(|d| &**d)
         .ok_or_else(|| KernelFileError::Gone(root.join(name)))
 }
 
 /// Effective limits of a v1 container (the memory limit needs none: `memory.stat` carries
 /// `hierarchical_memory_limit`).
 pub fn read_limits(paths: &CgroupPaths, root: &Path) -> Limits {
-    let ctrl = |name| controller(paths, root, name).ok();
+    let ctrl = |name| controller(paths, name);
     Limits {
         cpu: cpu_limit(ctrl("cpu"), ctrl("cpuset"), root),
         memory: None,
@@ -58,28 +57,25 @@ pub fn read_limits(paths: &CgroupPaths, root: &Path) -> Limits {
                 .filter_map(|d| kernel_file::read_limit(&d.join("pids.max")).ok().flatten())
                 .min()
         }),
-        memsw: ctrl("memory").is_some_and(|d| d.join("memory.memsw.usage_in_bytes").exists()),
         irq_pressure: false,
     }
 }
 
 /// Reads a v1 container; PSI from the hybrid layout's v2 directory when there is one.
-pub fn read(paths: &CgroupPaths, root: &Path, limits: &Limits) -> CgroupStats {
-    let ctrl = |name| controller(paths, root, name);
+pub fn read(dirs: &CgroupDirs, root: &Path, limits: &Limits) -> CgroupStats {
+    let ctrl = |name| held(dirs, root, name);
     let mut t = Vec::with_capacity(5);
     CgroupStats {
         cpu: timed(&mut t, "cpu", || {
             ctrl("cpuacct").and_then(|acct| cpu(acct, ctrl("cpu").ok()))
         }),
         cpu_limit: limits.cpu,
-        memory: timed(&mut t, "meminfo", || {
-            ctrl("memory").and_then(|d| memory(d, limits.memsw))
-        }),
+        memory: timed(&mut t, "meminfo", || ctrl("memory").and_then(memory)),
         io: timed(&mut t, "diskstats", || ctrl("blkio").and_then(io)),
         pids: timed(&mut t, "processes", || {
             ctrl("pids").and_then(|d| pids(d, limits))
         }),
-        pressure: timed(&mut t, "pressure", || match paths.unified.as_deref() {
+        pressure: timed(&mut t, "pressure", || match dirs.unified.as_ref() {
             Some(dir) => super::read_pressure(dir, limits.irq_pressure).map(Some),
             None => Ok(None),
         }),
@@ -87,23 +83,27 @@ pub fn read(paths: &CgroupPaths, root: &Path, limits: &Limits) -> CgroupStats {
     }
 }
 
-/// `cpuacct.usage` (ns) and `cpuacct.stat` user/system (USER_HZ ticks: two reads instead of
-/// the three of `cpuacct.usage_{user,sys}`), and `cpu.stat` throttling.
-pub fn cpu(acct: &Path, cpu: Option<&Path>) -> Result<CpuUsage, KernelFileError> {
-    let total_ns = kernel_file::read_u64(&acct.join("cpuacct.usage"))?;
-    let path = acct.join("cpuacct.stat");
-    let text = kernel_file::read(&path)?;
+/// `cpuacct.stat` user/system and `cpu.stat` throttling. The total is user + system: the
+/// kernel scales both so that they add up to the precise `cpuacct.usage` (`cputime_adjust`),
+/// so reading that file too would buy 20 ms of resolution for one more open per scrape.
+pub fn cpu(acct: &Dir, cpu: Option<&Dir>) -> Result<CpuUsage, KernelFileError> {
+    let text = acct.read("cpuacct.stat")?;
     let get = |key| flat_keyed(&text).find(|(k, _)| *k == key).map(|(_, v)| v);
     let (Some(user), Some(system)) = (get("user"), get("system")) else {
-        return Err(KernelFileError::parse(&path, "no user/system"));
+        return Err(KernelFileError::parse(
+            &acct.join("cpuacct.stat"),
+            "no user/system",
+        ));
     };
+    let user_ns = user.saturating_mul(NS_PER_USER_HZ_TICK);
+    let system_ns = system.saturating_mul(NS_PER_USER_HZ_TICK);
     let mut usage = CpuUsage {
-        total_ns,
-        user_ns: user.saturating_mul(NS_PER_USER_HZ_TICK),
-        system_ns: system.saturating_mul(NS_PER_USER_HZ_TICK),
+        total_ns: user_ns.saturating_add(system_ns),
+        user_ns,
+        system_ns,
         ..CpuUsage::default()
     };
-    if let Some(text) = cpu.and_then(|d| kernel_file::read(&d.join("cpu.stat")).ok()) {
+    if let Some(text) = cpu.and_then(|d| d.read("cpu.stat").ok()) {
         for (k, v) in flat_keyed(&text) {
             match k {
                 "nr_periods" => usage.periods = Some(v),
@@ -156,19 +156,21 @@ fn hierarchy_root(dir: &Path, root: &Path) -> PathBuf {
     }
 }
 
-/// Memory: usage, the hierarchical (effective) limit, RAM+swap (when swap accounting is on),
-/// OOM kills, breakdown.
-pub fn memory(dir: &Path, memsw: bool) -> Result<Memory, KernelFileError> {
-    let usage = kernel_file::read_u64(&dir.join("memory.usage_in_bytes"))?;
-    let stat_path = dir.join("memory.stat");
-    let text = kernel_file::read(&stat_path)?;
+/// Memory: usage, the hierarchical (effective) limit, swap and RAM+swap limit (when swap
+/// accounting is on: only then does `memory.stat` carry `total_swap` and
+/// `hierarchical_memsw_limit`), OOM kills, breakdown.
+pub fn memory(dir: &Dir) -> Result<Memory, KernelFileError> {
+    let usage = dir.read_u64("memory.usage_in_bytes")?;
+    let text = dir.read("memory.stat")?;
     let mut stat = MemoryStat::new();
     let mut hier_limit = None;
     let mut hier_memsw = None;
+    let mut swap = None;
     for (k, v) in flat_keyed(&text) {
         match k {
             "hierarchical_memory_limit" => hier_limit = Some(v).filter(|&v| v < 1 << 62),
-            "hierarchical_memsw_limit" => hier_memsw = Some(v).filter(|&v| v < 1 << 62),
+            "hierarchical_memsw_limit" => hier_memsw = Some(v),
+            "total_swap" => swap = Some(v),
             _ => {
                 if let Some((_, v2)) = MEMORY_STAT_MAP.iter().find(|(v1, _)| *v1 == k) {
                     stat.insert(v2, v);
@@ -177,25 +179,23 @@ pub fn memory(dir: &Path, memsw: bool) -> Result<Memory, KernelFileError> {
         }
     }
     if stat.is_empty() {
-        return Err(KernelFileError::parse(&stat_path, "no total_* keys"));
+        return Err(KernelFileError::parse(
+            &dir.join("memory.stat"),
+            "no total_* keys",
+        ));
     }
     // `hierarchical_memory_limit` is the smallest limit of the cgroup and its ancestors.
     let limit = hier_limit;
-    let memsw = memsw
-        .then(|| kernel_file::read_u64(&dir.join("memory.memsw.usage_in_bytes")).ok())
-        .flatten();
-    let oom_kills = kernel_file::read(&dir.join("memory.oom_control"))
-        .ok()
-        .and_then(|t| {
-            flat_keyed(&t)
-                .find(|(k, _)| *k == "oom_kill")
-                .map(|(_, v)| v)
-        });
+    let oom_kills = dir.read("memory.oom_control").ok().and_then(|t| {
+        flat_keyed(&t)
+            .find(|(k, _)| *k == "oom_kill")
+            .map(|(_, v)| v)
+    });
     Ok(Memory {
         usage,
         limit,
-        swap_usage: memsw.map(|m| m.saturating_sub(usage)),
-        swap_limit: memsw.and(hier_memsw),
+        swap_usage: swap,
+        swap_limit: swap.and(hier_memsw).filter(|&v| v < 1 << 62),
         oom_kills,
         // `memory.failcnt` would cost one more read per scrape for a counter nobody alerts on;
         // v2 gets it free from `memory.events`.
@@ -206,10 +206,10 @@ pub fn memory(dir: &Path, memsw: bool) -> Result<Memory, KernelFileError> {
 
 /// `blkio.throttle.io_service_bytes_recursive` and `…io_serviced_recursive` (the plain
 /// files when the recursive ones do not exist).
-pub fn io(dir: &Path) -> Result<Vec<DeviceIo>, KernelFileError> {
+pub fn io(dir: &Dir) -> Result<Vec<DeviceIo>, KernelFileError> {
     let read_either = |name: &str| {
-        kernel_file::read(&dir.join(format!("{name}_recursive")))
-            .or_else(|_| kernel_file::read(&dir.join(name)))
+        dir.read(&format!("{name}_recursive"))
+            .or_else(|_| dir.read(name))
     };
     let bytes = read_either("blkio.throttle.io_service_bytes")?;
     let ops = read_either("blkio.throttle.io_serviced")?;
@@ -265,7 +265,7 @@ pub fn parse_blkio(text: &str) -> Result<Vec<BlkioLine<'_>>, String> {
 }
 
 /// `pids.current`, processes, and the effective `pids.max` from `limits`.
-pub fn pids(dir: &Path, limits: &Limits) -> Result<Pids, KernelFileError> {
+pub fn pids(dir: &Dir, limits: &Limits) -> Result<Pids, KernelFileError> {
     super::v2::pids(dir, limits)
 }
 
@@ -286,6 +286,73 @@ mod tests {
             ]
         );
         assert!(parse_blkio("8:0 Read").is_err());
+    }
+
+    /// A v1 directory in the kernel's formats, read through a held [`Dir`].
+    fn v1_dir(files: &[(&str, &str)]) -> (tempfile::TempDir, Dir) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for (name, text) in files {
+            std::fs::write(tmp.path().join(name), text).expect("write");
+        }
+        let dir = Dir::open(tmp.path().to_path_buf());
+        assert!(dir.is_held());
+        (tmp, dir)
+    }
+
+    #[test]
+    fn memory_swap_comes_from_memory_stat_and_swapcached_is_not_swap() {
+        let stat = "cache 0\nrss 0\nswap 0\nswapcached 0\n\
+                    hierarchical_memory_limit 268435456\nhierarchical_memsw_limit 536870912\n\
+                    total_cache 4096\ntotal_rss 8192\ntotal_swap 65536\ntotal_swapcached 12288\n\
+                    total_inactive_file 1024\n";
+        let (_tmp, dir) = v1_dir(&[
+            ("memory.usage_in_bytes", "16384\n"),
+            ("memory.stat", stat),
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+            ),
+        ]);
+        let m = memory(&dir).expect("readable");
+        assert_eq!(m.usage, 16384);
+        assert_eq!(m.limit, Some(268435456));
+        assert_eq!(m.swap_usage, Some(65536));
+        assert_eq!(m.swap_limit, Some(536870912));
+        assert_eq!(m.stat.get("swapcached"), Some(&12288));
+        assert_eq!(m.stat.get("file"), Some(&4096));
+        assert_eq!(m.oom_kills, Some(3));
+        assert_eq!(m.working_set(), 16384 - 1024);
+
+        // Without swap accounting the kernel writes no swap lines: no swap figures at all.
+        let (_tmp, dir) = v1_dir(&[
+            ("memory.usage_in_bytes", "16384\n"),
+            (
+                "memory.stat",
+                "hierarchical_memory_limit 9223372036854771712\ntotal_cache 1\ntotal_rss 2\n",
+            ),
+        ]);
+        let m = memory(&dir).expect("readable");
+        assert_eq!((m.limit, m.swap_usage, m.swap_limit), (None, None, None));
+        assert_eq!(m.oom_kills, None);
+    }
+
+    #[test]
+    fn cpu_total_is_user_plus_system() {
+        let (_tmp, acct) = v1_dir(&[("cpuacct.stat", "user 150\nsystem 25\n")]);
+        let (_tmp2, cpu_dir) = v1_dir(&[(
+            "cpu.stat",
+            "nr_periods 10\nnr_throttled 4\nthrottled_time 5000\n",
+        )]);
+        let u = cpu(&acct, Some(&cpu_dir)).expect("readable");
+        assert_eq!(u.user_ns, 1_500_000_000);
+        assert_eq!(u.system_ns, 250_000_000);
+        assert_eq!(u.total_ns, 1_750_000_000);
+        assert_eq!(
+            (u.periods, u.throttled_periods, u.throttled_ns),
+            (Some(10), Some(4), Some(5000))
+        );
+        let (_tmp3, bad) = v1_dir(&[("cpuacct.stat", "user 1\n")]);
+        assert!(cpu(&bad, None).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use super::{
     ancestors, timed, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Limits, Memory, MemoryStat, Pids,
 };
-use crate::kernel_file::{self, flat_keyed, KernelFileError};
+use crate::kernel_file::{self, flat_keyed, Dir, KernelFileError};
 
 /// `memory.stat` keys the node view uses (v2 names).
 pub const MEMORY_STAT_KEYS: &[&str] = &[
@@ -49,13 +49,12 @@ pub fn read_limits(dir: &Path, root: &Path) -> Limits {
         memory: min_over("memory.max"),
         swap: min_over("memory.swap.max"),
         pids: min_over("pids.max"),
-        memsw: false,
         irq_pressure: false,
     }
 }
 
 /// Reads one container's v2 cgroup directory.
-pub fn read(dir: Option<&Path>, root: &Path, limits: &Limits) -> CgroupStats {
+pub fn read(dir: Option<&Dir>, root: &Path, limits: &Limits) -> CgroupStats {
     let Some(dir) = dir else {
         let gone = || KernelFileError::Gone(root.to_path_buf());
         return CgroupStats {
@@ -83,9 +82,8 @@ pub fn read(dir: Option<&Path>, root: &Path, limits: &Limits) -> CgroupStats {
 }
 
 /// `cpu.stat`: usage, user, system, throttling.
-pub fn cpu(dir: &Path) -> Result<CpuUsage, KernelFileError> {
-    let path = dir.join("cpu.stat");
-    let text = kernel_file::read(&path)?;
+pub fn cpu(dir: &Dir) -> Result<CpuUsage, KernelFileError> {
+    let text = dir.read("cpu.stat")?;
     let mut u = CpuUsage::default();
     let mut seen = false;
     for (k, v) in flat_keyed(&text) {
@@ -103,7 +101,10 @@ pub fn cpu(dir: &Path) -> Result<CpuUsage, KernelFileError> {
         }
     }
     if !seen {
-        return Err(KernelFileError::parse(&path, "no usage_usec"));
+        return Err(KernelFileError::parse(
+            &dir.join("cpu.stat"),
+            "no usage_usec",
+        ));
     }
     Ok(u)
 }
@@ -137,10 +138,9 @@ pub fn parse_cpu_max(text: &str) -> Option<f64> {
 }
 
 /// Memory usage, events and breakdown, with the effective limits from `limits`.
-pub fn memory(dir: &Path, limits: &Limits) -> Result<Memory, KernelFileError> {
-    let usage = kernel_file::read_u64(&dir.join("memory.current"))?;
-    let stat_path = dir.join("memory.stat");
-    let stat_text = kernel_file::read(&stat_path)?;
+pub fn memory(dir: &Dir, limits: &Limits) -> Result<Memory, KernelFileError> {
+    let usage = dir.read_u64("memory.current")?;
+    let stat_text = dir.read("memory.stat")?;
     let mut stat = MemoryStat::new();
     for (k, v) in flat_keyed(&stat_text) {
         if let Some(key) = MEMORY_STAT_KEYS.iter().find(|s| **s == k) {
@@ -148,9 +148,12 @@ pub fn memory(dir: &Path, limits: &Limits) -> Result<Memory, KernelFileError> {
         }
     }
     if stat.is_empty() {
-        return Err(KernelFileError::parse(&stat_path, "no known keys"));
+        return Err(KernelFileError::parse(
+            &dir.join("memory.stat"),
+            "no known keys",
+        ));
     }
-    let events = kernel_file::read(&dir.join("memory.events")).ok();
+    let events = dir.read("memory.events").ok();
     let event = |name: &str| {
         events
             .as_deref()
@@ -159,7 +162,7 @@ pub fn memory(dir: &Path, limits: &Limits) -> Result<Memory, KernelFileError> {
     Ok(Memory {
         usage,
         limit: limits.memory,
-        swap_usage: kernel_file::read_u64(&dir.join("memory.swap.current")).ok(),
+        swap_usage: dir.read_u64("memory.swap.current").ok(),
         swap_limit: limits.swap,
         oom_kills: event("oom_kill"),
         limit_hits: event("max"),
@@ -168,10 +171,9 @@ pub fn memory(dir: &Path, limits: &Limits) -> Result<Memory, KernelFileError> {
 }
 
 /// `io.stat`: `MAJ:MIN rbytes= wbytes= rios= wios= …` per device.
-pub fn io(dir: &Path) -> Result<Vec<DeviceIo>, KernelFileError> {
-    let path = dir.join("io.stat");
-    let text = kernel_file::read(&path)?;
-    parse_io_stat(&text).map_err(|e| KernelFileError::parse(&path, e))
+pub fn io(dir: &Dir) -> Result<Vec<DeviceIo>, KernelFileError> {
+    let text = dir.read("io.stat")?;
+    parse_io_stat(&text).map_err(|e| KernelFileError::parse(&dir.join("io.stat"), e))
 }
 
 /// Parses `io.stat` content.
@@ -211,36 +213,31 @@ pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
 }
 
 /// `pids.current` and `pids.max`.
-pub fn pids(dir: &Path, limits: &Limits) -> Result<Pids, KernelFileError> {
+pub fn pids(dir: &Dir, limits: &Limits) -> Result<Pids, KernelFileError> {
     Ok(Pids {
-        current: kernel_file::read_u64(&dir.join("pids.current"))?,
+        current: dir.read_u64("pids.current")?,
         processes: count_procs(dir, 0),
         max: limits.pids,
     })
 }
 
-/// True if a cgroup has sub-cgroups: a directory's link count is 2 plus its subdirectories,
-/// which cgroupfs keeps exact — one `stat` instead of listing the directory.
-pub(crate) fn has_subdirs(dir: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir).is_ok_and(|m| m.nlink() > 2)
-}
-
 /// `cgroup.procs` lines of `dir` and its sub-cgroups (a guest with its own init keeps its
-/// processes below its cgroup), three levels deep at most.
-pub(crate) fn count_procs(dir: &Path, depth: usize) -> u64 {
-    let own = kernel_file::read(&dir.join("cgroup.procs"))
+/// processes below its cgroup), three levels deep at most. Sub-cgroups are rare and read by
+/// path.
+pub(crate) fn count_procs(dir: &Dir, depth: usize) -> u64 {
+    let own = dir
+        .read("cgroup.procs")
         .map(|t| t.lines().filter(|l| !l.is_empty()).count() as u64)
         .unwrap_or(0);
-    if depth >= 3 || !has_subdirs(dir) {
+    if depth >= 3 || !dir.has_subdirs() {
         return own;
     }
-    let children = std::fs::read_dir(dir)
+    let children = std::fs::read_dir(dir.path())
         .map(|entries| {
             entries
                 .flatten()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| count_procs(&e.path(), depth + 1))
+                .map(|e| count_procs(&Dir::unheld(e.path()), depth + 1))
                 .sum()
         })
         .unwrap_or(0);
