@@ -84,6 +84,18 @@ pub fn wanted(m: &Mount) -> bool {
     !IGNORED_FSTYPES.contains(&m.fstype.as_str()) && !ignored_mountpoint(&m.mountpoint)
 }
 
+/// The mounts a container's view reports, in mountinfo order: the [`wanted`] ones, each mount
+/// point once (one mounted over is reported once, as node_exporter does). Worked out when the
+/// mount list is read, not on every scrape.
+pub fn reported(mounts: Vec<Mount>) -> Vec<Arc<Mount>> {
+    let mut seen = HashSet::new();
+    mounts
+        .into_iter()
+        .filter(|m| wanted(m) && seen.insert(m.mountpoint.clone()))
+        .map(Arc::new)
+        .collect()
+}
+
 /// Sizes of one filesystem, in bytes and inodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -104,7 +116,7 @@ pub struct Usage {
 #[derive(Debug, Clone)]
 pub struct Filesystem {
     /// The mount.
-    pub mount: Mount,
+    pub mount: Arc<Mount>,
     /// Sizes, or why there are none.
     pub usage: Result<Usage, String>,
 }
@@ -125,17 +137,13 @@ impl Statfs {
         }
     }
 
-    /// Stats every wanted mount of a process whose root is `root` (`/proc/<pid>/root`).
-    /// Local filesystems are stat'ed inline (their statfs answers from memory); network and
-    /// FUSE filesystems, whose servers can stop answering, under the deadline.
-    pub async fn stat_all(&self, root: &Path, mounts: &[Mount]) -> Vec<Filesystem> {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        for mount in mounts.iter().filter(|m| wanted(m)) {
-            // A mount point mounted over is reported once, as node_exporter does.
-            if !seen.insert(mount.mountpoint.as_str()) {
-                continue;
-            }
+    /// Stats each mount of [`reported`] for a process whose root is `root`
+    /// (`/proc/<pid>/root`). Local filesystems are stat'ed inline (their statfs answers from
+    /// memory); network and FUSE filesystems, whose servers can stop answering, under the
+    /// deadline.
+    pub async fn stat_all(&self, root: &Path, mounts: &[Arc<Mount>]) -> Vec<Filesystem> {
+        let mut out = Vec::with_capacity(mounts.len());
+        for mount in mounts {
             let path = root.join(mount.mountpoint.trim_start_matches('/'));
             let usage = if can_hang(&mount.fstype) {
                 self.stat(path).await
@@ -143,7 +151,7 @@ impl Statfs {
                 statfs(&path)
             };
             out.push(Filesystem {
-                mount: mount.clone(),
+                mount: Arc::clone(mount),
                 usage,
             });
         }
@@ -211,6 +219,25 @@ mod tests {
         assert!(!wanted(&m("/proc", "proc")));
         assert!(!wanted(&m("/dev/shm", "tmpfs")));
         assert!(!wanted(&m("/sys/fs/cgroup", "cgroup")));
+    }
+
+    #[test]
+    fn reported_mounts_are_wanted_and_each_mount_point_once() {
+        let r = reported(vec![
+            m("/", "overlay"),
+            m("/proc", "proc"),
+            m("/data", "ext4"),
+            m("/data", "xfs"),
+            m("/tmp", "tmpfs"),
+        ]);
+        let got: Vec<(&str, &str)> = r
+            .iter()
+            .map(|m| (m.mountpoint.as_str(), m.fstype.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("/", "overlay"), ("/data", "ext4"), ("/tmp", "tmpfs")]
+        );
     }
 
     #[tokio::test]

@@ -86,8 +86,9 @@ pub struct Slow {
     pub at: std::time::Instant,
     /// Effective limits and optional-file presence.
     pub limits: crate::cgroup::Limits,
-    /// The container's mounts, or why they could not be read.
-    pub mounts: Result<std::sync::Arc<Vec<crate::mountinfo::Mount>>, String>,
+    /// The mounts the view reports ([`crate::filesystem::reported`]), or why they could not
+    /// be read.
+    pub mounts: Result<Arc<Vec<Arc<crate::mountinfo::Mount>>>, String>,
 }
 
 /// One consistent view of the node's containers, keyed by instance id.

@@ -98,7 +98,7 @@ pub fn container(
     sel: &Selection,
     format: Format,
 ) -> View {
-    let mut e = Exposition::new(format, 16 * 1024);
+    let mut e = Exposition::new(format, 32 * 1024);
     let mut outcome: Vec<(&'static str, bool)> = Vec::new();
     let cg = &snap.cgroup;
 

@@ -119,7 +119,7 @@ fn slow_facts(host: &Host, t: &Tracked, ttl: Duration) -> Slow {
         .read("mountinfo")
         .map_err(|e| e.to_string())
         .and_then(|text| mountinfo::parse(&text))
-        .map(Arc::new);
+        .map(|all| Arc::new(crate::filesystem::reported(all)));
     let s = Slow {
         at: Instant::now(),
         limits,
