@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::cgroup::LimitFiles;
 use crate::filesystem::Statfs;
 use crate::host::Host;
 use crate::kernel_file::KernelFileError;
@@ -44,7 +45,7 @@ pub struct Collector {
     ttl: Duration,
     budget: Arc<Semaphore>,
     telemetry: Arc<Telemetry>,
-    limits_ttl: Duration,
+    limit_files: LimitFiles,
 }
 
 impl Collector {
@@ -62,14 +63,14 @@ impl Collector {
             ttl,
             budget: Arc::new(Semaphore::new(max_concurrent.max(1))),
             telemetry,
-            limits_ttl: crate::cgroup::DEFAULT_LIMITS_TTL,
+            limit_files: LimitFiles::new(crate::cgroup::DEFAULT_LIMITS_TTL),
         }
     }
 
     /// How long limits and mount lists are reused (default
     /// [`crate::cgroup::DEFAULT_LIMITS_TTL`]).
     pub fn with_limits_ttl(mut self, ttl: Duration) -> Self {
-        self.limits_ttl = ttl;
+        self.limit_files = LimitFiles::new(ttl);
         self
     }
 
@@ -101,7 +102,7 @@ impl Collector {
                 .await
                 .map_err(|e| CollectError::Failed(e.to_string()))?;
             let start = Instant::now();
-            let result = snapshot::collect(&self.host, &self.statfs, t, self.limits_ttl).await;
+            let result = snapshot::collect(&self.host, &self.statfs, t, &self.limit_files).await;
             self.telemetry
                 .collection_seconds
                 .observe(start.elapsed().as_secs_f64());

@@ -17,9 +17,10 @@
 pub mod v1;
 pub mod v2;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::kernel_file::{Dir, KernelFileError};
 use crate::process::CgroupLine;
@@ -323,20 +324,88 @@ pub(crate) fn timed<T>(
     r
 }
 
+/// Reads the limit files of a container and its ancestor cgroups for [`read_limits`]: the
+/// container's own through its held [`Dir`], the ancestors' (slices, pod cgroups — shared by
+/// many containers) through a node-wide cache, so each ancestor is read once per half `ttl`
+/// rather than once per container. A changed limit thus shows within `ttl` when it is the
+/// container's own and within 1.5 × `ttl` when it is an ancestor's.
+#[derive(Debug)]
+pub struct LimitFiles {
+    ttl: Duration,
+    cache: Mutex<AncestorCache>,
+}
+
+#[derive(Debug, Default)]
+struct AncestorCache {
+    files: HashMap<PathBuf, (Instant, Option<Arc<str>>)>,
+    swept: Option<Instant>,
+}
+
+impl LimitFiles {
+    /// Limit files re-read by containers every `ttl` (`collection.limits_ttl`).
+    pub fn new(ttl: Duration) -> LimitFiles {
+        LimitFiles {
+            ttl,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// How long a container's limits are reused.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The text of `name` in `leaf` and in each ancestor up to (not including) `top`, the
+    /// leaf first; `None` where the file cannot be read.
+    pub fn walk(&self, leaf: &Dir, top: &Path, name: &str) -> Vec<Option<Arc<str>>> {
+        let mut out = vec![leaf.read(name).ok().map(Arc::from)];
+        out.extend(
+            ancestors(leaf.path(), top)
+                .skip(1)
+                .map(|d| self.ancestor(d.join(name))),
+        );
+        out
+    }
+
+    fn ancestor(&self, path: PathBuf) -> Option<Arc<str>> {
+        let fresh_for = self.ttl / 2;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, text)) = cache.files.get(&path) {
+            if at.elapsed() < fresh_for {
+                return text.clone();
+            }
+        }
+        let text = crate::kernel_file::read(&path).ok().map(Arc::from);
+        let now = Instant::now();
+        if cache.swept.is_none_or(|s| now - s > fresh_for) {
+            cache.files.retain(|_, (at, _)| now - *at < fresh_for);
+            cache.swept = Some(now);
+        }
+        cache.files.insert(path, (now, text.clone()));
+        text
+    }
+}
+
 /// Reads the slowly changing part of one container's cgroups. `root` bounds ancestor walks.
-pub fn read_limits(paths: &CgroupPaths, layout: Layout, root: &Path) -> Limits {
+pub fn read_limits(
+    paths: &CgroupPaths,
+    dirs: &CgroupDirs,
+    layout: Layout,
+    root: &Path,
+    files: &LimitFiles,
+) -> Limits {
     let mut limits = match layout {
-        Layout::Unified => paths
+        Layout::Unified => dirs
             .unified
-            .as_deref()
-            .map(|dir| v2::read_limits(dir, root))
+            .as_ref()
+            .map(|dir| v2::read_limits(dir, root, files))
             .unwrap_or_default(),
-        Layout::Hybrid | Layout::Legacy => v1::read_limits(paths, root),
+        Layout::Hybrid | Layout::Legacy => v1::read_limits(paths, dirs, root, files),
     };
-    limits.irq_pressure = paths
+    limits.irq_pressure = dirs
         .unified
-        .as_deref()
-        .is_some_and(|d| d.join("irq.pressure").exists());
+        .as_ref()
+        .is_some_and(|d| d.read("irq.pressure").is_ok());
     limits
 }
 
@@ -405,6 +474,38 @@ mod tests {
             Some(Path::new("/fixture/unified/x/c1"))
         );
         assert_eq!(p.v1["memory"], Path::new("/fixture/memory/x/c1"));
+    }
+
+    #[test]
+    fn limit_files_read_the_leaf_always_and_ancestors_once_per_half_ttl() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        let slice = root.join("pod.slice");
+        let (a, b) = (slice.join("a"), slice.join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).expect("mkdir");
+            std::fs::write(d.join("pids.max"), "max\n").expect("write");
+        }
+        std::fs::write(slice.join("pids.max"), "100\n").expect("write");
+        let files = LimitFiles::new(Duration::from_millis(400));
+        let texts = |leaf: &Path| -> Vec<Option<String>> {
+            files
+                .walk(&Dir::open(leaf.to_path_buf()), root, "pids.max")
+                .into_iter()
+                .map(|t| t.map(|t| t.trim().to_string()))
+                .collect()
+        };
+        assert_eq!(texts(&a), [Some("max".into()), Some("100".into())]);
+        // A sibling shares the cached ancestor; its own file is read fresh.
+        std::fs::write(slice.join("pids.max"), "50\n").expect("write");
+        std::fs::write(b.join("pids.max"), "7\n").expect("write");
+        assert_eq!(texts(&b), [Some("7".into()), Some("100".into())]);
+        // After half the TTL the ancestor is read again.
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(texts(&b), [Some("7".into()), Some("50".into())]);
+        // A missing file is `None`, level by level.
+        std::fs::remove_file(a.join("pids.max")).expect("rm");
+        assert_eq!(texts(&a), [None, Some("50".into())]);
     }
 
     #[test]

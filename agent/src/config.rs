@@ -163,8 +163,10 @@ pub struct CollectionConfig {
     /// Most open client connections. Default 256.
     #[serde(default = "default_conns")]
     pub max_connections: usize,
-    /// How long a container's limits (with their ancestor walks) and mount list are reused;
-    /// a changed limit or a new mount shows within this time. Default 60 s.
+    /// How long a container's limits and mount list are reused; a changed limit of the
+    /// container or a new mount shows within this time, a changed limit of an ancestor
+    /// cgroup (shared by many containers, read once per half of it) within 1.5 times it.
+    /// Default 60 s.
     #[serde(default = "default_limits_ttl", with = "humantime_serde")]
     pub limits_ttl: Duration,
 }

@@ -3,9 +3,9 @@
 //! carries its own success, so a failing file costs only its collector's metrics.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use crate::cgroup::{self, CgroupStats};
+use crate::cgroup::{self, CgroupStats, LimitFiles};
 use crate::filesystem::{Filesystem, Statfs};
 use crate::host::Host;
 use crate::kernel_file::{Dir, KernelFileError};
@@ -50,7 +50,7 @@ pub async fn collect(
     host: &Host,
     statfs: &Statfs,
     t: &Tracked,
-    limits_ttl: Duration,
+    limit_files: &LimitFiles,
 ) -> Result<Snapshot, KernelFileError> {
     let c = &t.container;
     let pid_dir = t.proc.path();
@@ -66,7 +66,7 @@ pub async fn collect(
             return Err(KernelFileError::Gone(pid_dir.to_path_buf()));
         }
     }
-    let slow = slow_facts(host, t, limits_ttl);
+    let slow = slow_facts(host, t, limit_files);
     let cgroup = cgroup::read(&t.dirs, host.layout, &host.cgroup, &slow.limits);
     let mut durations = Vec::with_capacity(8);
     durations.extend(cgroup.timings.iter().copied());
@@ -108,12 +108,18 @@ pub async fn collect(
 }
 
 /// The container's limits and mounts, re-read once per `ttl`.
-fn slow_facts(host: &Host, t: &Tracked, ttl: Duration) -> Slow {
+fn slow_facts(host: &Host, t: &Tracked, files: &LimitFiles) -> Slow {
     let mut slot = t.slow.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = slot.as_ref().filter(|s| s.at.elapsed() < ttl) {
+    if let Some(s) = slot.as_ref().filter(|s| s.at.elapsed() < files.ttl()) {
         return s.clone();
     }
-    let limits = cgroup::read_limits(&t.container.cgroups, host.layout, &host.cgroup);
+    let limits = cgroup::read_limits(
+        &t.container.cgroups,
+        &t.dirs,
+        host.layout,
+        &host.cgroup,
+        files,
+    );
     let mounts = t
         .proc
         .read("mountinfo")

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    ancestors, timed, CgroupDirs, CgroupPaths, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Limits,
+    timed, CgroupDirs, CgroupPaths, CgroupStats, CpuLimit, CpuUsage, DeviceIo, LimitFiles, Limits,
     Memory, MemoryStat, Pids,
 };
 use crate::kernel_file::{self, flat_keyed, Dir, KernelFileError};
@@ -44,17 +44,37 @@ fn held<'a>(dirs: &'a CgroupDirs, root: &Path, name: &str) -> Result<&'a Dir, Ke
 }
 
 /// Effective limits of a v1 container (the memory limit needs none: `memory.stat` carries
-/// `hierarchical_memory_limit`).
-pub fn read_limits(paths: &CgroupPaths, root: &Path) -> Limits {
-    let ctrl = |name| controller(paths, name);
+/// `hierarchical_memory_limit`). The container's own files are read through `dirs` where
+/// held.
+pub fn read_limits(
+    paths: &CgroupPaths,
+    dirs: &CgroupDirs,
+    root: &Path,
+    files: &LimitFiles,
+) -> Limits {
+    // The container's own directory: held, or by path when it is not.
+    let unheld: Vec<(&str, Dir)> = ["cpu", "pids"]
+        .into_iter()
+        .filter(|c| !dirs.v1.contains_key(*c))
+        .filter_map(|c| Some((c, Dir::unheld(controller(paths, c)?.to_path_buf()))))
+        .collect();
+    let leaf = |name: &str| {
+        dirs.v1
+            .get(name)
+            .map(|d| &**d)
+            .or_else(|| unheld.iter().find(|(c, _)| *c == name).map(|(_, d)| d))
+    };
     Limits {
-        cpu: cpu_limit(ctrl("cpu"), ctrl("cpuset"), root),
+        cpu: cpu_limit(leaf("cpu"), controller(paths, "cpuset"), root, files),
         memory: None,
         swap: None,
-        pids: ctrl("pids").and_then(|dir| {
-            let mount = hierarchy_root(dir, root);
-            ancestors(dir, &mount)
-                .filter_map(|d| kernel_file::read_limit(&d.join("pids.max")).ok().flatten())
+        pids: leaf("pids").and_then(|dir| {
+            let mount = hierarchy_root(dir.path(), root);
+            files
+                .walk(dir, &mount, "pids.max")
+                .into_iter()
+                .flatten()
+                .filter_map(|t| kernel_file::parse_limit(t.trim()).flatten())
                 .min()
         }),
         irq_pressure: false,
@@ -117,14 +137,22 @@ pub fn cpu(acct: &Dir, cpu: Option<&Dir>) -> Result<CpuUsage, KernelFileError> {
 }
 
 /// Smallest CFS quota over ancestors in the cpu hierarchy, and the cpuset size.
-pub fn cpu_limit(cpu: Option<&Path>, cpuset: Option<&Path>, root: &Path) -> CpuLimit {
+pub fn cpu_limit(
+    cpu: Option<&Dir>,
+    cpuset: Option<&Path>,
+    root: &Path,
+    files: &LimitFiles,
+) -> CpuLimit {
     let quota_cores = cpu.and_then(|dir| {
-        let mount = hierarchy_root(dir, root);
-        ancestors(dir, &mount)
-            .filter_map(|d| {
-                let quota = kernel_file::read(&d.join("cpu.cfs_quota_us")).ok()?;
-                let quota: i64 = quota.trim().parse().ok()?;
-                let period = kernel_file::read_u64(&d.join("cpu.cfs_period_us")).ok()?;
+        let mount = hierarchy_root(dir.path(), root);
+        let quotas = files.walk(dir, &mount, "cpu.cfs_quota_us");
+        let periods = files.walk(dir, &mount, "cpu.cfs_period_us");
+        quotas
+            .into_iter()
+            .zip(periods)
+            .filter_map(|(quota, period)| {
+                let quota: i64 = quota?.trim().parse().ok()?;
+                let period: u64 = period?.trim().parse().ok()?;
                 (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
             })
             .fold(None, |min: Option<f64>, q| {

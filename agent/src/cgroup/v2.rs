@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{
-    ancestors, timed, CgroupStats, CpuLimit, CpuUsage, DeviceIo, Limits, Memory, MemoryStat, Pids,
+    timed, CgroupStats, CpuLimit, CpuUsage, DeviceIo, LimitFiles, Limits, Memory, MemoryStat, Pids,
 };
 use crate::kernel_file::{self, flat_keyed, Dir, KernelFileError};
 
@@ -38,14 +38,17 @@ pub const MEMORY_STAT_KEYS: &[&str] = &[
 ];
 
 /// Effective limits of a v2 directory; `root` is the v2 mount (bounds ancestor walks).
-pub fn read_limits(dir: &Path, root: &Path) -> Limits {
+pub fn read_limits(dir: &Dir, root: &Path, files: &LimitFiles) -> Limits {
     let min_over = |file: &str| {
-        ancestors(dir, root)
-            .filter_map(|d| kernel_file::read_limit(&d.join(file)).ok().flatten())
+        files
+            .walk(dir, root, file)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| kernel_file::parse_limit(t.trim()).flatten())
             .min()
     };
     Limits {
-        cpu: cpu_limit(dir, root),
+        cpu: cpu_limit(dir, root, files),
         memory: min_over("memory.max"),
         swap: min_over("memory.swap.max"),
         pids: min_over("pids.max"),
@@ -111,14 +114,17 @@ pub fn cpu(dir: &Dir) -> Result<CpuUsage, KernelFileError> {
 
 /// Effective CPU limit: the smallest `cpu.max` quota over ancestors, and the effective
 /// cpuset. Missing files mean the controller is not enabled there: no limit from it.
-pub fn cpu_limit(dir: &Path, root: &Path) -> CpuLimit {
-    let quota_cores = ancestors(dir, root)
-        .filter_map(|d| kernel_file::read(&d.join("cpu.max")).ok())
+pub fn cpu_limit(dir: &Dir, root: &Path, files: &LimitFiles) -> CpuLimit {
+    let quota_cores = files
+        .walk(dir, root, "cpu.max")
+        .into_iter()
+        .flatten()
         .filter_map(|t| parse_cpu_max(&t))
         .fold(None, |min: Option<f64>, q| {
             Some(min.map_or(q, |m| m.min(q)))
         });
-    let cpuset_cpus = kernel_file::read(&dir.join("cpuset.cpus.effective"))
+    let cpuset_cpus = dir
+        .read("cpuset.cpus.effective")
         .ok()
         .and_then(|t| kernel_file::cpu_list_count(&t))
         .filter(|&n| n > 0);
