@@ -210,5 +210,20 @@ fn kernel_reads(c: &mut Criterion) {
     drop(cgroups);
 }
 
-criterion_group!(benches, kernel_reads);
+/// The process side of a scrape: `net/dev` through the held `/proc/<pid>` and one `statfs`
+/// through `/proc/<pid>/root` (the agent's own process stands in for a container's).
+fn process_reads(c: &mut Criterion) {
+    let proc = Dir::open(PathBuf::from(format!("/proc/{}", std::process::id())));
+    let root = PathBuf::from(format!("/proc/{}/root/", std::process::id()));
+    let mut group = c.benchmark_group("one container's per-scrape process reads");
+    group.bench_function("net/dev (held /proc/<pid>)", |b| {
+        b.iter(|| proc.read("net/dev").expect("net/dev").len())
+    });
+    group.bench_function("statfs through /proc/<pid>/root", |b| {
+        b.iter(|| rustix::fs::statfs(&root).expect("statfs").f_blocks)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, kernel_reads, process_reads);
 criterion_main!(benches);
