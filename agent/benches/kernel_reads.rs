@@ -34,6 +34,7 @@ const V1: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids"];
 
 /// The files the agent reads per scrape on v1 and hybrid hosts, by controller.
 const V1_FILES: &[(&str, &str)] = &[
+    ("cpuacct", "cpuacct.usage"),
     ("cpuacct", "cpuacct.stat"),
     ("cpu", "cpu.stat"),
     ("memory", "memory.usage_in_bytes"),

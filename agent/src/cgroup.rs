@@ -487,7 +487,7 @@ mod tests {
             std::fs::write(d.join("pids.max"), "max\n").expect("write");
         }
         std::fs::write(slice.join("pids.max"), "100\n").expect("write");
-        let files = LimitFiles::new(Duration::from_millis(400));
+        let files = LimitFiles::new(Duration::from_secs(2));
         let texts = |leaf: &Path| -> Vec<Option<String>> {
             files
                 .walk(&Dir::open(leaf.to_path_buf()), root, "pids.max")
@@ -501,7 +501,7 @@ mod tests {
         std::fs::write(b.join("pids.max"), "7\n").expect("write");
         assert_eq!(texts(&b), [Some("7".into()), Some("100".into())]);
         // After half the TTL the ancestor is read again.
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(texts(&b), [Some("7".into()), Some("50".into())]);
         // A missing file is `None`, level by level.
         std::fs::remove_file(a.join("pids.max")).expect("rm");

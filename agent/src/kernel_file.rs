@@ -331,8 +331,17 @@ mod tests {
         assert!(crate::mountinfo::parse(&mounts).is_ok());
     }
 
+    /// Serialises the tests that count descriptors or change the budget: both are
+    /// process-wide, and `cargo test` runs tests on threads of one process.
+    fn counting() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn held_dirs_read_relative_and_see_removal_as_gone() {
+        let _counting = counting();
+        let base = dir_fds();
         let tmp = tempfile::tempdir().expect("tempdir");
         let sub = tmp.path().join("c1");
         std::fs::create_dir(&sub).expect("mkdir");
@@ -342,7 +351,7 @@ mod tests {
 
         let dir = Dir::open(sub.clone());
         assert!(dir.is_held());
-        assert_eq!(dir_fds(), 1);
+        assert_eq!(dir_fds(), base + 1);
         assert_eq!(dir.read_u64("n").expect("read"), 42);
         assert!(!dir.has_subdirs());
         std::fs::create_dir(sub.join("child")).expect("mkdir");
@@ -351,7 +360,11 @@ mod tests {
             dir.same_as(&Dir::open(link)),
             "one directory under two names"
         );
-        assert_eq!(dir_fds(), 1, "the second handle's descriptor was returned");
+        assert_eq!(
+            dir_fds(),
+            base + 1,
+            "the second handle's descriptor was returned"
+        );
 
         // Renaming the path away does not matter to a held directory; removing it does.
         let moved = tmp.path().join("moved");
@@ -360,24 +373,28 @@ mod tests {
         std::fs::remove_dir_all(&moved).expect("rm");
         assert!(dir.read("n").expect_err("removed").is_gone());
         drop(dir);
-        assert_eq!(dir_fds(), 0);
+        assert_eq!(dir_fds(), base);
     }
 
     #[test]
     fn past_the_budget_dirs_read_by_path() {
+        let _counting = counting();
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::write(tmp.path().join("n"), "7").expect("write");
-        set_dir_budget(1);
+        let budget = DIR_BUDGET.load(std::sync::atomic::Ordering::Relaxed);
+        let base = dir_fds();
+        set_dir_budget(base + 1);
         let first = Dir::open(tmp.path().to_path_buf());
         let second = Dir::open(tmp.path().to_path_buf());
         assert!(first.is_held() && !second.is_held());
         assert_eq!(second.read_u64("n").expect("by path"), 7);
-        assert_eq!(dir_fds(), 1);
+        assert_eq!(dir_fds(), base + 1);
         drop(first);
         assert!(
             Dir::open(tmp.path().to_path_buf()).is_held(),
             "budget freed"
         );
+        set_dir_budget(budget);
         // A directory that does not exist is not held, and its reads are gone.
         let missing = Dir::open(tmp.path().join("nope"));
         assert!(!missing.is_held());

@@ -49,6 +49,9 @@ impl Tracked {
             if stat.state == b'Z' || stat.start_ticks != c.start_ticks {
                 return None;
             }
+        } else {
+            // Not held: gone already, or the descriptor budget is spent.
+            crate::source::live_start(host, c.pid, Some(c.start_ticks))?;
         }
         Some(Tracked {
             dirs: CgroupDirs::open(&c.cgroups),

@@ -58,6 +58,9 @@ pub async fn collect(
         return Err(KernelFileError::Gone(pid_dir.to_path_buf()));
     }
     // The process first: once it is gone, nothing else read would belong to the container.
+    // Through the held `/proc/<pid>`, `net/dev` fails (ENOENT) for a process that has exited,
+    // whether reaped or still a zombie (an exited task has no network namespace left), and
+    // for a pid reused since: both mean the container is gone.
     let start = Instant::now();
     let net = read_netdev(&t.proc);
     let net_seconds = start.elapsed().as_secs_f64();

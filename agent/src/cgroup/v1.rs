@@ -52,18 +52,8 @@ pub fn read_limits(
     root: &Path,
     files: &LimitFiles,
 ) -> Limits {
-    // The container's own directory: held, or by path when it is not.
-    let unheld: Vec<(&str, Dir)> = ["cpu", "pids"]
-        .into_iter()
-        .filter(|c| !dirs.v1.contains_key(*c))
-        .filter_map(|c| Some((c, Dir::unheld(controller(paths, c)?.to_path_buf()))))
-        .collect();
-    let leaf = |name: &str| {
-        dirs.v1
-            .get(name)
-            .map(|d| &**d)
-            .or_else(|| unheld.iter().find(|(c, _)| *c == name).map(|(_, d)| d))
-    };
+    // The container's own directory (`CgroupDirs` has every per-scrape controller).
+    let leaf = |name: &str| dirs.v1.get(name).map(|d| &**d);
     Limits {
         cpu: cpu_limit(leaf("cpu"), controller(paths, "cpuset"), root, files),
         memory: None,
@@ -103,10 +93,12 @@ pub fn read(dirs: &CgroupDirs, root: &Path, limits: &Limits) -> CgroupStats {
     }
 }
 
-/// `cpuacct.stat` user/system and `cpu.stat` throttling. The total is user + system: the
-/// kernel scales both so that they add up to the precise `cpuacct.usage` (`cputime_adjust`),
-/// so reading that file too would buy 20 ms of resolution for one more open per scrape.
+/// `cpuacct.usage` (ns) and `cpuacct.stat` user/system (USER_HZ ticks: two reads instead of
+/// the three of `cpuacct.usage_{user,sys}`), and `cpu.stat` throttling. The total is read,
+/// not summed: only kernels from 5.15 scale `cpuacct.stat` to the precise usage; before, its
+/// values are tick samples that can sit at zero for a lightly loaded container.
 pub fn cpu(acct: &Dir, cpu: Option<&Dir>) -> Result<CpuUsage, KernelFileError> {
+    let total_ns = acct.read_u64("cpuacct.usage")?;
     let text = acct.read("cpuacct.stat")?;
     let get = |key| flat_keyed(&text).find(|(k, _)| *k == key).map(|(_, v)| v);
     let (Some(user), Some(system)) = (get("user"), get("system")) else {
@@ -115,12 +107,10 @@ pub fn cpu(acct: &Dir, cpu: Option<&Dir>) -> Result<CpuUsage, KernelFileError> {
             "no user/system",
         ));
     };
-    let user_ns = user.saturating_mul(NS_PER_USER_HZ_TICK);
-    let system_ns = system.saturating_mul(NS_PER_USER_HZ_TICK);
     let mut usage = CpuUsage {
-        total_ns: user_ns.saturating_add(system_ns),
-        user_ns,
-        system_ns,
+        total_ns,
+        user_ns: user.saturating_mul(NS_PER_USER_HZ_TICK),
+        system_ns: system.saturating_mul(NS_PER_USER_HZ_TICK),
         ..CpuUsage::default()
     };
     if let Some(text) = cpu.and_then(|d| d.read("cpu.stat").ok()) {
@@ -323,7 +313,6 @@ mod tests {
             std::fs::write(tmp.path().join(name), text).expect("write");
         }
         let dir = Dir::open(tmp.path().to_path_buf());
-        assert!(dir.is_held());
         (tmp, dir)
     }
 
@@ -365,8 +354,11 @@ mod tests {
     }
 
     #[test]
-    fn cpu_total_is_user_plus_system() {
-        let (_tmp, acct) = v1_dir(&[("cpuacct.stat", "user 150\nsystem 25\n")]);
+    fn cpu_total_is_the_precise_usage() {
+        let (_tmp, acct) = v1_dir(&[
+            ("cpuacct.usage", "1753000000\n"),
+            ("cpuacct.stat", "user 150\nsystem 25\n"),
+        ]);
         let (_tmp2, cpu_dir) = v1_dir(&[(
             "cpu.stat",
             "nr_periods 10\nnr_throttled 4\nthrottled_time 5000\n",
@@ -374,12 +366,12 @@ mod tests {
         let u = cpu(&acct, Some(&cpu_dir)).expect("readable");
         assert_eq!(u.user_ns, 1_500_000_000);
         assert_eq!(u.system_ns, 250_000_000);
-        assert_eq!(u.total_ns, 1_750_000_000);
+        assert_eq!(u.total_ns, 1_753_000_000, "cpuacct.usage, not the tick sum");
         assert_eq!(
             (u.periods, u.throttled_periods, u.throttled_ns),
             (Some(10), Some(4), Some(5000))
         );
-        let (_tmp3, bad) = v1_dir(&[("cpuacct.stat", "user 1\n")]);
+        let (_tmp3, bad) = v1_dir(&[("cpuacct.usage", "1\n"), ("cpuacct.stat", "user 1\n")]);
         assert!(cpu(&bad, None).is_err());
     }
 
