@@ -58,6 +58,7 @@
 
 mod client;
 pub mod config;
+mod follow;
 pub mod keys;
 pub mod mirror;
 pub mod range;

@@ -20,16 +20,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use etcd_client::{Client, EventType, WatchOptions};
-use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use super::client::{bounded, connect, EtcdError, MAX_MESSAGE_BYTES};
 use super::config::EtcdConfig;
+use super::follow::{next_batch, End};
 use super::range::read_range;
 use crate::agents::Backoff;
-
-/// Watch responses applied before publishing, at most, when many are waiting.
-const MAX_BATCH: usize = 1024;
 
 /// One consistent view of the range.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,20 +63,6 @@ pub struct Mirror {
     status: watch::Sender<MirrorStatus>,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
     after_read: Option<AfterRead>,
-}
-
-/// Why one read-and-watch round ended.
-enum End {
-    /// The watch's start revision was compacted away: read again at once.
-    Compacted(i64),
-    /// Anything else: record, back off, read again.
-    Failed(EtcdError),
-}
-
-impl From<EtcdError> for End {
-    fn from(e: EtcdError) -> Self {
-        End::Failed(e)
-    }
 }
 
 impl Mirror {
@@ -202,25 +185,8 @@ impl Mirror {
             Err(e) => return e.into(),
         };
         loop {
-            // No timeout: HTTP/2 keep-alive pings end the stream if etcd goes silent.
-            let mut next = Some(stream.message().await);
             let mut dirty = false;
-            let mut batch = 0;
-            while let Some(msg) = next.take() {
-                let resp = match msg {
-                    Ok(Some(r)) => r,
-                    Ok(None) => {
-                        return End::Failed(EtcdError::Protocol("watch stream ended".into()))
-                    }
-                    Err(e) => return End::Failed(e.into()),
-                };
-                if resp.compact_revision() > 0 {
-                    return End::Compacted(resp.compact_revision());
-                }
-                if resp.canceled() {
-                    let why = format!("watch canceled: {}", resp.cancel_reason());
-                    return End::Failed(EtcdError::Protocol(why));
-                }
+            let applied = next_batch(&mut stream, |resp| {
                 if resp.created() {
                     backoff.reset();
                     self.status.send_modify(|s| {
@@ -243,10 +209,10 @@ impl Mirror {
                 if let Some(h) = resp.header() {
                     view.revision = view.revision.max(h.revision());
                 }
-                batch += 1;
-                if batch < MAX_BATCH {
-                    next = stream.message().now_or_never();
-                }
+            })
+            .await;
+            if let Err(end) = applied {
+                return end;
             }
             if dirty {
                 self.publish(&view);

@@ -31,11 +31,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
-use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use super::client::{bounded, connect, EtcdError, MAX_MESSAGE_BYTES};
 use super::config::EtcdConfig;
+use super::follow::{next_batch, End};
 use super::keys::{self, Key, Keys, Malformed, ProxyRecord};
 use crate::agents::Backoff;
 use crate::inventory::{Inventory, Node, Shared};
@@ -43,8 +43,6 @@ use crate::model::Instance;
 
 /// Keys per page of a full read.
 const PAGE: i64 = 1000;
-/// Watch responses applied before publishing, at most, when many are waiting.
-const MAX_BATCH: usize = 1024;
 
 /// How the source is doing, for `/readyz`, metrics and the replica count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,20 +77,6 @@ pub struct EtcdSource {
     keys: Keys,
     status: watch::Sender<EtcdStatus>,
     after_read: Option<AfterRead>,
-}
-
-/// Why the watch loop ended.
-enum End {
-    /// The watch's start revision was compacted away: read again at once.
-    Compacted(i64),
-    /// Anything else: record, back off, read again.
-    Failed(EtcdError),
-}
-
-impl From<EtcdError> for End {
-    fn from(e: EtcdError) -> Self {
-        End::Failed(e)
-    }
 }
 
 impl EtcdSource {
@@ -218,26 +202,8 @@ impl EtcdSource {
         };
         let mut revision = revision;
         loop {
-            // No timeout: HTTP/2 keep-alive pings end the stream if etcd goes silent.
-            let first = stream.message().await;
             let mut dirty = false;
-            let mut next = Some(first);
-            let mut batch = 0;
-            while let Some(msg) = next.take() {
-                let resp = match msg {
-                    Ok(Some(r)) => r,
-                    Ok(None) => {
-                        return End::Failed(EtcdError::Protocol("watch stream ended".into()))
-                    }
-                    Err(e) => return End::Failed(e.into()),
-                };
-                if resp.compact_revision() > 0 {
-                    return End::Compacted(resp.compact_revision());
-                }
-                if resp.canceled() {
-                    let why = format!("watch canceled: {}", resp.cancel_reason());
-                    return End::Failed(EtcdError::Protocol(why));
-                }
+            let applied = next_batch(&mut stream, |resp| {
                 if resp.created() {
                     backoff.reset();
                     self.status.send_modify(|s| {
@@ -245,14 +211,14 @@ impl EtcdSource {
                         s.last_error = None;
                     });
                 }
-                dirty |= self.apply(&mut view, &resp, skipped);
+                dirty |= self.apply(&mut view, resp, skipped);
                 if let Some(h) = resp.header() {
                     revision = revision.max(h.revision());
                 }
-                batch += 1;
-                if batch < MAX_BATCH {
-                    next = stream.message().now_or_never();
-                }
+            })
+            .await;
+            if let Err(end) = applied {
+                return end;
             }
             if dirty {
                 view.publish(shared, &self.status, revision, *skipped);
