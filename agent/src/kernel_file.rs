@@ -111,6 +111,11 @@ pub fn set_dir_budget(n: usize) {
     DIR_BUDGET.store(n, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// How many descriptors [`Dir`]s may hold (see [`set_dir_budget`]).
+pub fn dir_budget() -> usize {
+    DIR_BUDGET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Descriptors [`Dir`]s hold now (telemetry and tests).
 pub fn dir_fds() -> usize {
     DIR_FDS.load(std::sync::atomic::Ordering::Relaxed)

@@ -42,6 +42,10 @@ pub struct Telemetry {
     pub containers: Gauge,
     /// TLS reloads that failed (the old certificates stay in use).
     pub tls_reload_failures: Counter,
+    /// Directory descriptors held for containers now, and the most that may be held (set
+    /// when encoding).
+    held_directories: Gauge,
+    held_directories_budget: Gauge,
 }
 
 impl Telemetry {
@@ -90,6 +94,18 @@ impl Telemetry {
             "Certificate reloads that failed; the previous certificates stay in use",
             tls_reload_failures.clone(),
         );
+        let held_directories = Gauge::default();
+        registry.register(
+            "held_directories",
+            "Cgroup and /proc/<pid> directories held open for reads (see held_directories_budget)",
+            held_directories.clone(),
+        );
+        let held_directories_budget = Gauge::default();
+        registry.register(
+            "held_directories_budget",
+            "Directories that may be held; past it, containers are read by path at more CPU",
+            held_directories_budget.clone(),
+        );
         Telemetry {
             registry,
             requests,
@@ -99,11 +115,18 @@ impl Telemetry {
             collector_errors,
             containers,
             tls_reload_failures,
+            held_directories,
+            held_directories_budget,
         }
     }
 
     /// OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.held_directories
+            .set(gauge(crate::kernel_file::dir_fds()));
+        self.held_directories_budget
+            .set(gauge(crate::kernel_file::dir_budget()));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -381,6 +381,11 @@ async fn api_formats_errors_and_watch_stream() {
         "{}",
         own.body
     );
+    // Its cgroup directories and /proc/<pid> are held open, within the budget.
+    let held = metric(&own.body, "lookout_agent_held_directories", &[]).expect("held gauge");
+    let budget = metric(&own.body, "lookout_agent_held_directories_budget", &[]).expect("budget");
+    assert!((2.0..=8.0).contains(&held), "held {held}: {}", own.body);
+    assert!(budget >= 256.0, "budget {budget}");
 
     // Watch: a snapshot first, then an upsert for a new container and a remove when it goes.
     let mut watch = agent::WatchStream::open(&client, addr).await;
@@ -408,6 +413,15 @@ async fn api_formats_errors_and_watch_stream() {
             get(&c, addr, "/v1/instances/first/metrics", &[])
                 .await
                 .is_ok_and(|r| r.status == 404)
+        }
+    })
+    .await;
+    // Nothing is held for containers that are gone.
+    wait_for("held directories released", Duration::from_secs(5), || {
+        let c = client.clone();
+        async move {
+            let own = get(&c, addr, "/metrics", &[]).await.expect("own metrics");
+            metric(&own.body, "lookout_agent_held_directories", &[]) == Some(0.0)
         }
     })
     .await;
