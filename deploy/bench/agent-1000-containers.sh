@@ -93,10 +93,12 @@ log "agent pid $AGENT_PID lists $N instances ${DISCOVERY_S} s after start; node_
 STARTUP_TICKS=$(cpu_ticks "$AGENT_PID")
 
 # snapshot NAME: memory and fds of the agent now.
-declare -A RSS HWM FDS THR
+declare -A RSS HWM FDS THR ANON FILE
 snapshot() {
   RSS[$1]=$(status_kb "$AGENT_PID" VmRSS)
   HWM[$1]=$(status_kb "$AGENT_PID" VmHWM)
+  ANON[$1]=$(status_kb "$AGENT_PID" RssAnon)
+  FILE[$1]=$(status_kb "$AGENT_PID" RssFile)
   FDS[$1]=$(fd_count "$AGENT_PID")
   THR[$1]=$(status_kb "$AGENT_PID" Threads)
 }
@@ -247,13 +249,16 @@ view          $VIEW_SERIES series, $(wc -c <"$BENCH_TMP/view.txt") B per contain
 load          load average $LOAD_START at start, $(cut -d' ' -f1 /proc/loadavg) at end; requests over HTTP/$HTTP, mTLS
 discovery     all $N listed ${DISCOVERY_S} s after agent start; agent CPU until then $(awk -v t="$STARTUP_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }') s
 
-phase    wall_s  cpu_s   %core   VmRSS_MiB VmHWM_MiB fds  threads
+phase    wall_s  cpu_s   %core   VmRSS_MiB VmHWM_MiB fds  threads  anon_MiB file_MiB
 EOF
-printf '%-8s %6s %6s %7s %9s %9s %4s %7s\n' start - - - "$(mib "${RSS[start]}")" "$(mib "${HWM[start]}")" "${FDS[start]}" "${THR[start]}"
-printf '%-8s %6s %6s %7s %9s %9s %4s %7s\n' idle "$IDLE_WALL" "$(awk -v t="$IDLE_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')" \
-  "$IDLE_PCT" "$(mib "${RSS[idle]}")" "$(mib "${HWM[idle]}")" "${FDS[idle]}" "${THR[idle]}"
-printf '%-8s %6s %6s %7s %9s %9s %4s %7s\n' scrape "$SCRAPE_WALL" "$(awk -v t="$SCRAPE_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')" \
-  "$SCRAPE_PCT" "$(mib "${RSS[scrape]}")" "$(mib "${HWM[scrape]}")" "${FDS[scrape]}" "${THR[scrape]}"
+# row PHASE WALL CPU PCT: one line of the table (anon: heap and stacks; file: mapped code).
+row() {
+  printf '%-8s %6s %6s %7s %9s %9s %4s %7s  %8s %8s\n' "$1" "$2" "$3" "$4" "$(mib "${RSS[$1]}")" \
+    "$(mib "${HWM[$1]}")" "${FDS[$1]}" "${THR[$1]}" "$(mib "${ANON[$1]}")" "$(mib "${FILE[$1]}")"
+}
+row start - - -
+row idle "$IDLE_WALL" "$(awk -v t="$IDLE_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')" "$IDLE_PCT"
+row scrape "$SCRAPE_WALL" "$(awk -v t="$SCRAPE_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')" "$SCRAPE_PCT"
 cat <<EOF
 
 scrapes       $OK ok, $ERR failed, $CONNS connections; rounds of $N took ${ROUND_S[*]} s (max $round_max s)
