@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{CertificateParams, KeyPair};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 use etcd_server::Etcd;
+use lookout_testkit::pki::{Pki, BASE};
 
 /// An Ed25519 SSH key (the fuzz seeds' `alice@laptop`).
 const SSH_KEY: &str =
@@ -414,7 +415,7 @@ fn concurrent_writers_lose_no_update() {
 
 /// TLS material and files for a proxy on loopback.
 struct ProxyFiles {
-    dir: TempDir,
+    pki: Pki,
     port: u16,
     admin: u16,
 }
@@ -424,47 +425,21 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-const BASE: &str = "lookout.test";
-
 impl ProxyFiles {
     /// A proxy configuration with tenants from `tenants_toml` and from `etcd`, whose inventory
     /// is `etcd` too.
     fn new(etcd: &Etcd, tenants_toml: &str) -> ProxyFiles {
-        let dir = tempdir();
-        let ca_key = KeyPair::generate().expect("key");
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, "test CA");
-        let ca = p.self_signed(&ca_key).expect("ca");
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec![BASE.to_string()])
-            .expect("params")
-            .signed_by(&key, &ca, &ca_key)
-            .expect("sign");
-        let w =
-            |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
-        w("ca.pem", &ca.pem());
-        w("cert.pem", &cert.pem());
-        w("key.pem", &key.serialize_pem());
-        w("tenants.toml", tenants_toml);
+        let pki = Pki::new("lookout-tenants-cli-proxy-");
+        pki.write("tenants.toml", tenants_toml);
         let (port, admin) = (free_port(), free_port());
-        let p = |n: &str| dir.path().join(n).display().to_string();
-        let config = format!(
-            r#"listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-base_name = "{BASE}"
-dns_suffix = "{BASE}"
-tenants_file = "{tenants}"
-tenants_reload_interval = "100ms"
-[tenants]
+        let config = pki
+            .proxy_toml()
+            .listen(&format!("127.0.0.1:{port}"))
+            .admin_listen(&format!("127.0.0.1:{admin}"))
+            .top(r#"tenants_reload_interval = "100ms""#)
+            .tables(&format!(
+                r#"[tenants]
 etcd = true
-[tls]
-cert = "{cert}"
-key = "{key}"
-[upstream]
-cert = "{cert}"
-key = "{key}"
-ca = "{ca}"
 [inventory]
 source = "etcd"
 endpoints = ["{endpoint}"]
@@ -474,18 +449,15 @@ backoff = {{ min = "100ms", max = "500ms" }}
 [limits]
 source = {{ per_second = 10000.0, burst = 10000 }}
 "#,
-            tenants = p("tenants.toml"),
-            cert = p("cert.pem"),
-            key = p("key.pem"),
-            ca = p("ca.pem"),
-            endpoint = etcd.endpoint(),
-        );
-        w("proxy.toml", &config);
-        ProxyFiles { dir, port, admin }
+                endpoint = etcd.endpoint(),
+            ))
+            .render();
+        pki.write("proxy.toml", &config);
+        ProxyFiles { pki, port, admin }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.pki.path(name)
     }
 }
 
@@ -518,7 +490,7 @@ impl Drop for ProxyProcess {
 fn get(files: &ProxyFiles, path: &str, token: Option<&str>) -> (u16, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
-        .arg(files.path("ca.pem"))
+        .arg(files.path("server-ca.pem"))
         .arg("--resolve")
         .arg(format!("{BASE}:{}:127.0.0.1", files.port))
         .arg(format!("https://{BASE}:{}{path}", files.port));

@@ -9,7 +9,6 @@
 mod etcd_server;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,17 +20,13 @@ use lookout_discovery::etcd::{agent_keys, EtcdConfig, Keys, Registrar};
 use lookout_discovery::{Instance, Node};
 use lookout_proxy::config::ProxyConfig;
 use lookout_proxy::server::Proxy;
-use lookout_proxy::tenants::hex;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use sha2::{Digest, Sha256};
-use tempfile::TempDir;
+use lookout_testkit::pki::{token_sha256, Pki, BASE};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::sync::watch;
 
 use etcd_server::Etcd;
 
-const BASE: &str = "lookout.test";
 /// Every tenant's burst (cluster-wide); the rate never refills during a test.
 const BURST: u32 = 9;
 /// Bound on every wait.
@@ -41,51 +36,25 @@ const WAIT: Duration = Duration::from_secs(15);
 struct EtcdProxy {
     proxy: Proxy,
     client: Arc<ClientConfig>,
-    _dir: TempDir,
+    _pki: Pki,
 }
 
 impl EtcdProxy {
     async fn start(etcd: &Etcd) -> EtcdProxy {
-        let dir = tempfile::Builder::new()
-            .prefix("lookout-proxy-etcd-")
-            .tempdir()
-            .expect("tempdir");
-        let w = |name: &str, text: &str| -> String {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).expect("write");
-            p.display().to_string()
-        };
-        let ca_key = KeyPair::generate().expect("keygen");
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, "CA");
-        let ca = p.self_signed(&ca_key).expect("CA");
-        let key = KeyPair::generate().expect("keygen");
-        let p = CertificateParams::new(vec![BASE.to_string()]).expect("params");
-        let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+        let pki = Pki::new("lookout-proxy-etcd-");
         let mut tenants =
             format!("[defaults]\nrate_limit = {{ per_second = 0.001, burst = {BURST} }}\n");
         for t in ["t1", "t2"] {
-            let hash = hex(&Sha256::digest(format!("{t}-token").as_bytes()));
+            let hash = token_sha256(&format!("{t}-token"));
             tenants.push_str(&format!(
                 "[[tenant]]\nname = \"{t}\"\ntoken_sha256 = [\"{hash}\"]\n"
             ));
         }
-        let config = format!(
-            r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-base_name = "{BASE}"
-dns_suffix = "{BASE}"
-tenants_file = "{tenants}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-[upstream]
-cert = "{cert}"
-key = "{key}"
-ca = "{ca}"
-[inventory]
+        pki.write("tenants.toml", &tenants);
+        let config = pki
+            .proxy_toml()
+            .tables(&format!(
+                r#"[inventory]
 source = "etcd"
 endpoints = ["{endpoint}"]
 lease_ttl = "2s"
@@ -95,28 +64,15 @@ backoff = {{ min = "100ms", max = "500ms" }}
 [limits]
 source = {{ per_second = 10000.0, burst = 10000 }}
 "#,
-            tenants = w("tenants.toml", &tenants),
-            cert = w("cert.pem", &cert.pem()),
-            key = w("key.pem", &key.serialize_pem()),
-            ca = w("ca.pem", &ca.pem()),
-            endpoint = etcd.endpoint(),
-        );
-        let cfg = ProxyConfig::load(Path::new(&w("proxy.toml", &config))).expect("valid config");
+                endpoint = etcd.endpoint(),
+            ))
+            .render();
+        let cfg = ProxyConfig::load(&pki.write("proxy.toml", &config)).expect("valid config");
         let proxy = Proxy::start(cfg).await.expect("proxy starts");
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(ca.der().to_vec()))
-            .expect("root");
-        let client =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
         EtcdProxy {
             proxy,
-            client: Arc::new(client),
-            _dir: dir,
+            client: Arc::new(pki.tenant_client(None)),
+            _pki: pki,
         }
     }
 

@@ -8,7 +8,6 @@
 #[path = "../../discovery/tests/support/etcd.rs"]
 mod etcd_server;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,15 +19,13 @@ use lookout_proxy::config::ProxyConfig;
 use lookout_proxy::server::Proxy;
 use lookout_proxy::tenants::admin::{self, Command, KeyInput, Target};
 use lookout_proxy::tenants::{hex, TenantRecord};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use lookout_testkit::pki::{token_sha256, Pki, BASE};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
 
 use etcd_server::Etcd;
 
-const BASE: &str = "lookout.test";
 /// How soon a proxy must apply an edit.
 const PROPAGATION: Duration = Duration::from_secs(2);
 /// Bound on slower waits (etcd restarting, a broken watch noticed).
@@ -57,7 +54,7 @@ fn token_of(name: &str) -> String {
 
 /// Registers `<name>-token` for `name`.
 async fn add_token(etcd: &Etcd, name: &str) {
-    let sha256 = Some(hex(&Sha256::digest(token_of(name).as_bytes())));
+    let sha256 = Some(token_sha256(&token_of(name)));
     edit(
         etcd,
         Command::AddToken {
@@ -156,46 +153,22 @@ async fn concurrent_edits_are_serialised_not_lost() {
 struct TenantsProxy {
     proxy: Proxy,
     client: Arc<ClientConfig>,
-    _dir: TempDir,
+    _pki: Pki,
 }
 
 impl TenantsProxy {
     async fn start(etcd: &Etcd) -> TenantsProxy {
-        let dir = tempfile::Builder::new()
-            .prefix("lookout-tenants-etcd-")
-            .tempdir()
-            .expect("tempdir");
-        let w = |name: &str, text: &str| -> String {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).expect("write");
-            p.display().to_string()
-        };
-        let ca_key = KeyPair::generate().expect("keygen");
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, "CA");
-        let ca = p.self_signed(&ca_key).expect("CA");
-        let key = KeyPair::generate().expect("keygen");
-        let p = CertificateParams::new(vec![BASE.to_string()]).expect("params");
-        let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
-        let hash = hex(&Sha256::digest(token_of("filet").as_bytes()));
-        let tenants = format!("[[tenant]]\nname = \"filet\"\ntoken_sha256 = [\"{hash}\"]\n");
-        let config = format!(
-            r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-base_name = "{BASE}"
-dns_suffix = "{BASE}"
-tenants_file = "{tenants}"
-[tenants]
+        let pki = Pki::new("lookout-tenants-etcd-");
+        let hash = token_sha256(&token_of("filet"));
+        pki.write(
+            "tenants.toml",
+            &format!("[[tenant]]\nname = \"filet\"\ntoken_sha256 = [\"{hash}\"]\n"),
+        );
+        let config = pki
+            .proxy_toml()
+            .tables(&format!(
+                r#"[tenants]
 etcd = true
-[tls]
-cert = "{cert}"
-key = "{key}"
-[upstream]
-cert = "{cert}"
-key = "{key}"
-ca = "{ca}"
 [inventory]
 source = "etcd"
 endpoints = ["{endpoint}"]
@@ -206,28 +179,15 @@ backoff = {{ min = "100ms", max = "300ms" }}
 [limits]
 source = {{ per_second = 10000.0, burst = 10000 }}
 "#,
-            tenants = w("tenants.toml", &tenants),
-            cert = w("cert.pem", &cert.pem()),
-            key = w("key.pem", &key.serialize_pem()),
-            ca = w("ca.pem", &ca.pem()),
-            endpoint = etcd.endpoint(),
-        );
-        let cfg = ProxyConfig::load(Path::new(&w("proxy.toml", &config))).expect("valid config");
+                endpoint = etcd.endpoint(),
+            ))
+            .render();
+        let cfg = ProxyConfig::load(&pki.write("proxy.toml", &config)).expect("valid config");
         let proxy = Proxy::start(cfg).await.expect("proxy starts");
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(ca.der().to_vec()))
-            .expect("root");
-        let client =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
         TenantsProxy {
             proxy,
-            client: Arc::new(client),
-            _dir: dir,
+            client: Arc::new(pki.tenant_client(None)),
+            _pki: pki,
         }
     }
 
@@ -314,7 +274,7 @@ async fn open_connections_see_tenant_changes_at_their_next_request() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let sha256 = hex(&Sha256::digest(token_of("acme").as_bytes()));
+    let sha256 = token_sha256(&token_of("acme"));
     let command = Command::RemoveToken {
         name: "acme".into(),
         sha256,

@@ -138,6 +138,7 @@ pub fn token_sha256(token: &str) -> String {
 /// | `proxy.pem`, `proxy-key.pem` | the proxy's client certificate towards agents (operator CA) |
 /// | `foreign.pem`, `foreign-key.pem` | a client certificate from someone else's CA ([`Pki::foreign`]) |
 /// | `server.pem`, `server-key.pem` | the proxy's server certificate for [`BASE`], `*.BASE` and `127.0.0.1` (server CA) |
+/// | `server-ca.pem` | the server CA, for clients outside the test process (curl, Prometheus) |
 /// | `tenant-ca.pem` | the CA vouching for tenants' client certificates |
 ///
 /// and in memory the tenants' identities: `acme` (tenant CA, common name `acme`), `globex`
@@ -189,6 +190,7 @@ impl Pki {
         );
         let server = server_ca.issue(BASE, &[BASE, &wildcard, "127.0.0.1"], Usage::Server);
         pki.write_issued("server", &server);
+        pki.write("server-ca.pem", &server_ca.cert_pem());
         pki
     }
 

@@ -13,6 +13,7 @@ use crate::pki::BASE;
 pub struct ProxyToml {
     dir: PathBuf,
     listen: String,
+    admin_listen: String,
     base_name: String,
     dns_suffix: String,
     server_cert: String,
@@ -33,6 +34,7 @@ impl ProxyToml {
         ProxyToml {
             dir: dir.to_path_buf(),
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             base_name: BASE.into(),
             dns_suffix: BASE.into(),
             server_cert: "server".into(),
@@ -46,6 +48,12 @@ impl ProxyToml {
     /// Sets `listen` (`host:port`).
     pub fn listen(mut self, listen: &str) -> Self {
         self.listen = listen.into();
+        self
+    }
+
+    /// Sets `admin_listen` (`host:port`).
+    pub fn admin_listen(mut self, listen: &str) -> Self {
+        self.admin_listen = listen.into();
         self
     }
 
@@ -125,7 +133,7 @@ impl ProxyToml {
         };
         format!(
             r#"listen = "{listen}"
-admin_listen = "127.0.0.1:0"
+admin_listen = "{admin}"
 base_name = "{base}"
 dns_suffix = "{suffix}"
 tenants_file = "{tenants}"
@@ -139,6 +147,7 @@ key = "{proxy_key}"
 ca = "{operator_ca}"
 {upstream}{tables}"#,
             listen = self.listen,
+            admin = self.admin_listen,
             base = self.base_name,
             suffix = self.dns_suffix,
             tenants = self.path("tenants.toml"),
