@@ -214,21 +214,9 @@ SALT=$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
 # (admin: PROXY_ADMIN_PORT+OFFSET).
 proxy_conf() {
   local k=$1 off=$2 prefix=$3
-  cat >"$BENCH_TMP/proxy-$k.toml" <<EOF
-listen = "127.0.0.1:$((PROXY_PORT + off))"
-admin_listen = "127.0.0.1:$((PROXY_ADMIN_PORT + off))"
-base_name = "lookout.bench"
-ip_literals_are_base = true
-dns_suffix = "lookout.bench"
-tenants_file = "$BENCH_TMP/tenants.toml"
-[tls]
-cert = "$BENCH_TMP/server.pem"
-key = "$BENCH_TMP/server-key.pem"
-tenant_ca = "$BENCH_TMP/ca.pem"
-[upstream]
-cert = "$BENCH_TMP/client.pem"
-key = "$BENCH_TMP/client-key.pem"
-ca = "$BENCH_TMP/ca.pem"
+  {
+    proxy_toml_head $((PROXY_PORT + off)) $((PROXY_ADMIN_PORT + off))
+    cat <<EOF
 [inventory]
 source = "etcd"
 endpoints = ["http://127.0.0.1:$ETCD_PORT"]
@@ -236,6 +224,7 @@ prefix = "$prefix"
 [limits]
 source = $RATE_LIMIT
 EOF
+  } >"$BENCH_TMP/proxy-$k.toml"
   "$LOOKOUT_BIN" proxy --config "$BENCH_TMP/proxy-$k.toml" --check-config >"$BENCH_TMP/proxy-check.log" 2>&1 ||
     die "proxy --check-config failed: $(cat "$BENCH_TMP/proxy-check.log")"
 }

@@ -436,6 +436,28 @@ lookout_pki() {
   ) >"$d/certs.log" 2>&1 || die "lookout certs failed: $(cat "$d/certs.log")"
 }
 
+# proxy_toml_head PORT ADMIN_PORT: the part of a proxy configuration every proxy benchmark
+# shares (listeners on 127.0.0.1, base name lookout.bench, $BENCH_TMP/tenants.toml and the
+# lookout_pki files); the caller appends its [inventory] and [limits].
+proxy_toml_head() {
+  cat <<EOF
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
+base_name = "lookout.bench"
+ip_literals_are_base = true
+dns_suffix = "lookout.bench"
+tenants_file = "$BENCH_TMP/tenants.toml"
+[tls]
+cert = "$BENCH_TMP/server.pem"
+key = "$BENCH_TMP/server-key.pem"
+tenant_ca = "$BENCH_TMP/ca.pem"
+[upstream]
+cert = "$BENCH_TMP/client.pem"
+key = "$BENCH_TMP/client-key.pem"
+ca = "$BENCH_TMP/ca.pem"
+EOF
+}
+
 # bg_start NAME CMD...: runs CMD in the background (stdin /dev/null, stdout and stderr to
 # $BENCH_TMP/NAME.log), records it in BENCH_PIDS for the EXIT trap, and sets BG_PID.
 bg_start() {

@@ -133,21 +133,9 @@ rate_limit = $RATE_LIMIT
 name = "bench"
 token_sha256 = ["$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)"]
 EOF
-cat >"$BENCH_TMP/proxy.toml" <<EOF
-listen = "127.0.0.1:$PROXY_PORT"
-admin_listen = "127.0.0.1:$PROXY_ADMIN_PORT"
-base_name = "lookout.bench"
-ip_literals_are_base = true
-dns_suffix = "lookout.bench"
-tenants_file = "$BENCH_TMP/tenants.toml"
-[tls]
-cert = "$BENCH_TMP/server.pem"
-key = "$BENCH_TMP/server-key.pem"
-tenant_ca = "$BENCH_TMP/ca.pem"
-[upstream]
-cert = "$BENCH_TMP/client.pem"
-key = "$BENCH_TMP/client-key.pem"
-ca = "$BENCH_TMP/ca.pem"
+{
+  proxy_toml_head "$PROXY_PORT" "$PROXY_ADMIN_PORT"
+  cat <<EOF
 [inventory]
 source = "agents"
 agents = ["127.0.0.1:$AGENT_PORT"]
@@ -158,6 +146,7 @@ ca = "$BENCH_TMP/ca.pem"
 [limits]
 source = $RATE_LIMIT
 EOF
+} >"$BENCH_TMP/proxy.toml"
 "$LOOKOUT_BIN" proxy --config "$BENCH_TMP/proxy.toml" --check-config >"$BENCH_TMP/proxy-check.log" 2>&1 ||
   die "proxy --check-config failed: $(cat "$BENCH_TMP/proxy-check.log")"
 log "starting the lookout proxy"
