@@ -178,10 +178,7 @@ impl Dir {
 
     /// Reads a file holding one unsigned number.
     pub fn read_u64(&self, name: &str) -> Result<u64, KernelFileError> {
-        let text = self.read(name)?;
-        text.trim().parse().map_err(|_| {
-            KernelFileError::parse(&self.join(name), format!("not a number: {text:?}"))
-        })
+        parse_u64(&self.read(name)?, &self.join(name))
     }
 
     /// Whether both are held and are the same directory (one reached through a symlink).
@@ -249,7 +246,11 @@ pub fn parse_limit(s: &str) -> Option<Option<u64>> {
 
 /// Reads a file holding one unsigned number.
 pub fn read_u64(path: &Path) -> Result<u64, KernelFileError> {
-    let text = read(path)?;
+    parse_u64(&read(path)?, path)
+}
+
+/// The one unsigned number `text` (of the file at `path`) holds.
+fn parse_u64(text: &str, path: &Path) -> Result<u64, KernelFileError> {
     text.trim()
         .parse()
         .map_err(|_| KernelFileError::parse(path, format!("not a number: {text:?}")))

@@ -65,13 +65,9 @@ pub struct TaskStates {
 /// `usage_usec` of `cpu.stat` on v2), in ns; `None` where there is no such counter.
 pub fn cpu_time_ns(dirs: &CgroupDirs, layout: Layout) -> Option<u64> {
     match layout {
-        Layout::Unified => {
-            let text = dirs.unified.as_ref()?.read("cpu.stat").ok()?;
-            let usec = crate::kernel_file::flat_keyed(&text)
-                .find(|(k, _)| *k == "usage_usec")
-                .map(|(_, v)| v);
-            usec.map(|v| v.saturating_mul(1000))
-        }
+        Layout::Unified => crate::cgroup::v2::cpu(dirs.unified.as_ref()?)
+            .ok()
+            .map(|u| u.total_ns),
         // Only when the tasks sampled are the cpuacct directory's (see `tasks_dir`).
         _ => dirs.v1.get("cpuacct")?.read_u64("cpuacct.usage").ok(),
     }
