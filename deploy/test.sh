@@ -16,13 +16,15 @@ fi
 # python3-fusepy + fuse3 (a FUSE filesystem whose statfs hangs, the "dead NFS mount" test),
 # dnsmasq-base (a real DNS server on loopback for the hickory-resolver paths), curl (the
 # tests' client of Prometheus's HTTP API and of the proxy), protobuf-compiler (protoc, which
-# etcd-client's build needs), etcd-server (a real etcd on loopback for the etcd source),
-# python3-yaml (tests/k8s_manifests.py reads the Kubernetes manifests in deploy/k8s).
+# etcd-client's build needs) with libprotobuf-dev (the well-known types protoc imports, only
+# a Recommends of protobuf-compiler, so --no-install-recommends leaves them out), etcd-server
+# (a real etcd on loopback for the etcd source), python3-yaml (tests/k8s_manifests.py reads the Kubernetes manifests in deploy/k8s).
 need_pkgs=()
 for pair in runc:runc busybox-static:/bin/busybox iproute2:ip prometheus:promtool \
             prometheus-node-exporter:prometheus-node-exporter openssl:openssl \
             fuse3:fusermount3 python3-fusepy:/usr/lib/python3/dist-packages/fusepy.py \
-            dnsmasq-base:dnsmasq curl:curl protobuf-compiler:protoc etcd-server:etcd \
+            dnsmasq-base:dnsmasq curl:curl protobuf-compiler:protoc \
+            libprotobuf-dev:/usr/include/google/protobuf/descriptor.proto etcd-server:etcd \
             python3-yaml:/usr/lib/python3/dist-packages/yaml/__init__.py; do
   pkg=${pair%%:*} probe=${pair#*:}
   if ! command -v "$probe" >/dev/null 2>&1 && [ ! -e "$probe" ]; then need_pkgs+=("$pkg"); fi
