@@ -94,6 +94,7 @@ pub fn from_discovered(d: Discovered, keys: &LabelKeys, node: &str) -> Option<Co
     Some(Container {
         instance: Instance {
             id,
+            generation: generation(&d.runtime_id, d.start_ticks),
             runtime_id: d.runtime_id,
             node: node.to_string(),
             tenant,
@@ -108,6 +109,22 @@ pub fn from_discovered(d: Discovered, keys: &LabelKeys, node: &str) -> Option<Co
         cgroups: d.cgroups,
         rootfs: d.rootfs,
     })
+}
+
+/// The [`Instance::generation`] of a container: a hash of its runtime id and its init's
+/// start time, so a new container under a reused id (or name) gets a new one. Not a secret
+/// and not an authenticator — the agent only compares it with what it itself published.
+/// FNV-1a, 64 bits, in hex: stable across agent restarts and versions.
+pub fn generation(runtime_id: &str, start_ticks: u64) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in runtime_id
+        .bytes()
+        .chain([0])
+        .chain(start_ticks.to_le_bytes())
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 #[cfg(test)]
@@ -129,6 +146,21 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
             source: "runc".into(),
         }
+    }
+
+    #[test]
+    fn a_new_incarnation_of_an_id_has_a_new_generation() {
+        let keys = LabelKeys::default();
+        let first = from_discovered(found(&[]), &keys, "n").expect("workload");
+        let again = from_discovered(found(&[]), &keys, "n").expect("workload");
+        assert_eq!(first.instance.generation, again.instance.generation);
+        assert_eq!(first.instance.generation.len(), 16);
+        let mut later = found(&[]);
+        later.start_ticks += 1;
+        let later = from_discovered(later, &keys, "n").expect("workload");
+        assert_eq!(first.instance.id, later.instance.id);
+        assert_ne!(first.instance.generation, later.instance.generation);
+        assert_ne!(generation("a", 1), generation("b", 1));
     }
 
     #[test]

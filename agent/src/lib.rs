@@ -11,6 +11,7 @@
 //! `exposition` write the view, `server` + `tls` serve it; `registration` registers the
 //! node and its containers in etcd when `[etcd]` is configured.
 
+pub mod authorization;
 pub mod cache;
 pub mod cgroup;
 pub mod config;

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /v1/instances` | JSON array of instances on this node |
 //! | `GET /v1/instances?watch` | NDJSON stream: a `snapshot` event, then `upsert`/`remove` |
-//! | `GET /v1/instances/<id>/metrics` | the container's node_exporter view |
+//! | `GET /v1/instances/<id>/metrics` | the container's node_exporter view, for the tenant the proxy names ([`crate::authorization`]) |
 //! | `GET /v1/node/metrics` | the node itself |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | the agent's own metrics |
@@ -280,6 +280,18 @@ impl Api {
             .get(id)
             .cloned()
             .ok_or(ServeError::NotFound)?;
+        if let Err(refusal) =
+            crate::authorization::check(req.headers(), &tracked.container.instance)
+        {
+            self.telemetry
+                .scrapes_refused
+                .get_or_create(&crate::telemetry::RefusalLabels {
+                    reason: refusal.reason(),
+                })
+                .inc();
+            tracing::debug!(id, reason = refusal.reason(), "scrape refused");
+            return Err(ServeError::NotFound);
+        }
         let (deadline, _) = self.deadline(req);
         let snapshot = match self.collector.snapshot(&tracked, deadline).await {
             Ok(s) => s,

@@ -25,6 +25,13 @@ pub struct CollectorLabels {
     pub collector: &'static str,
 }
 
+/// Labels of a refused scrape.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// [`crate::authorization::Refusal::reason`].
+    pub reason: &'static str,
+}
+
 /// Every metric the agent keeps about itself.
 pub struct Telemetry {
     registry: Registry,
@@ -42,6 +49,9 @@ pub struct Telemetry {
     pub containers: Gauge,
     /// TLS reloads that failed (the old certificates stay in use).
     pub tls_reload_failures: Counter,
+    /// Instance scrapes refused because the live container is not the one the proxy
+    /// authorized ([`crate::authorization`]).
+    pub scrapes_refused: Family<RefusalLabels, Counter>,
     /// Directory descriptors held for containers now, and the most that may be held (set
     /// when encoding).
     held_directories: Gauge,
@@ -94,6 +104,12 @@ impl Telemetry {
             "Certificate reloads that failed; the previous certificates stay in use",
             tls_reload_failures.clone(),
         );
+        let scrapes_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "scrapes_refused",
+            "Instance scrapes answered 404 because the live container is not the tenant's or incarnation the proxy authorized",
+            scrapes_refused.clone(),
+        );
         let held_directories = Gauge::default();
         registry.register(
             "held_directories",
@@ -115,6 +131,7 @@ impl Telemetry {
             collector_errors,
             containers,
             tls_reload_failures,
+            scrapes_refused,
             held_directories,
             held_directories_budget,
         }

@@ -1,6 +1,7 @@
 //! The Grafana "Node Exporter Full" dashboard's top row, computed by a real Prometheus 2.42
-//! (Debian's `prometheus`; needs root and runc like the other container tests) scraping the
-//! agent over mTLS: CPU busy, system load, RAM used, swap used, root FS used, CPU cores and
+//! (Debian's `prometheus`; needs root and runc like the other container tests) scraping a
+//! container as a tenant does: through a proxy (in this process) in front of the agent, with
+//! a bearer token. CPU busy, system load, RAM used, swap used, root FS used, CPU cores and
 //! uptime must all be sensible for a container from the agent's output alone.
 
 #[path = "support/agent.rs"]
@@ -10,14 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lookout_agent::Agent;
+use lookout_proxy::config::ProxyConfig;
+use lookout_proxy::server::Proxy;
 use lookout_testkit::containers::{ContainerSpec, Runc};
-use lookout_testkit::pki::Pki;
+use lookout_testkit::pki::{token_sha256, Pki};
 use lookout_testkit::prometheus::Prometheus;
 
 const MIB: u64 = 1024 * 1024;
+const TOKEN: &str = "dashboard-test-token-5e2b";
 
-/// Scrapes every second, one job per container id, through the agent's instance path.
-fn prometheus_config(pki: &Pki, agent_addr: std::net::SocketAddr, ids: &[&str]) -> String {
+/// Scrapes every second, one job per container id, through the proxy's instance path.
+fn prometheus_config(pki: &Pki, proxy_addr: std::net::SocketAddr, ids: &[&str]) -> String {
+    let token_file = pki.write("tenant.token", TOKEN);
     let jobs: String = ids
         .iter()
         .map(|id| {
@@ -25,22 +30,40 @@ fn prometheus_config(pki: &Pki, agent_addr: std::net::SocketAddr, ids: &[&str]) 
                 r#"  - job_name: "{id}"
     scheme: https
     metrics_path: /v1/instances/{id}/metrics
+    authorization:
+      credentials_file: {token}
     tls_config:
       ca_file: {ca}
-      cert_file: {cert}
-      key_file: {key}
-      server_name: localhost
     static_configs:
       - targets: ["{addr}"]
 "#,
-                ca = pki.path("operator-ca.pem").display(),
-                cert = pki.path("proxy.pem").display(),
-                key = pki.path("proxy-key.pem").display(),
-                addr = agent_addr,
+                token = token_file.display(),
+                ca = pki.path("server-ca.pem").display(),
+                addr = proxy_addr,
             )
         })
         .collect();
     format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n{jobs}")
+}
+
+/// A proxy in front of `agent`, its tenant [`agent::TEST_TENANT`] holding [`TOKEN`].
+async fn proxy(pki: &Pki, agent: &Agent) -> Proxy {
+    pki.write(
+        "tenants.toml",
+        &format!(
+            "[[tenant]]\nname = \"{}\"\ncert_cn = []\ntoken_sha256 = [\"{}\"]\n",
+            agent::TEST_TENANT,
+            token_sha256(TOKEN)
+        ),
+    );
+    // The address Prometheus dials is the discovery (base) host.
+    let text = pki
+        .proxy_toml()
+        .top("ip_literals_are_base = true")
+        .agents(&[agent.local_addr().to_string()], ("100ms", "500ms"))
+        .render();
+    let config = ProxyConfig::parse(&text).expect("proxy config");
+    Proxy::start(config).await.expect("proxy starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +90,8 @@ async fn node_exporter_full_top_row_is_sensible_per_container() {
         "[collection]\ncache_ttl = \"0s\"\nload_interval = \"1s\"\n",
     );
     let agent = Agent::start(cfg).await.expect("agent starts");
-    let config = prometheus_config(&pki, agent.local_addr(), &["web"]);
+    let proxy = proxy(&pki, &agent).await;
+    let config = prometheus_config(&pki, proxy.local_addr(), &["web"]);
     let prom = Arc::new(Prometheus::start("dashboard", &config));
 
     let p = Arc::clone(&prom);
@@ -123,5 +147,6 @@ async fn node_exporter_full_top_row_is_sensible_per_container() {
         "Uptime {uptime} s for a fresh container"
     );
     drop(prom);
+    proxy.shutdown().await;
     agent.shutdown().await;
 }

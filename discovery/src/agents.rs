@@ -761,6 +761,7 @@ mod tests {
         Instance {
             id: id.into(),
             runtime_id: id.into(),
+            generation: String::new(),
             node: node.into(),
             tenant: Some("acme".into()),
             alias: id.into(),

@@ -272,6 +272,8 @@ fn build(doc: FileDoc) -> Result<Inventory, Vec<Problem>> {
         let instance = Instance {
             alias: i.alias.unwrap_or_else(|| i.id.clone()),
             runtime_id: i.runtime_id.unwrap_or_else(|| i.id.clone()),
+            // A static inventory cannot know incarnations; the agent still checks the tenant.
+            generation: String::new(),
             id: i.id,
             node: i.node,
             tenant: i.tenant,

@@ -442,6 +442,7 @@ mod tests {
         Instance {
             id: id.into(),
             runtime_id: id.into(),
+            generation: String::new(),
             node: "n1".into(),
             tenant: tenant.map(str::to_string),
             alias: id.into(),

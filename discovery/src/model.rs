@@ -4,6 +4,18 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The request header in which a proxy tells the agent which tenant it authorized a scrape
+/// for. The agent serves an instance only when the live container's owner is that tenant,
+/// whatever the proxy's inventory said: a stale inventory, a reused id or a lying node then
+/// ends in a 404, never in another tenant's data. Only a proxy sets it: agents serve
+/// proxy certificates only, and proxies forward an allow-list of client headers that does
+/// not include it.
+pub const TENANT_HEADER: &str = "x-lookout-tenant";
+
+/// The request header carrying the [`Instance::generation`] a proxy routed a scrape to; the
+/// agent answers 404 when the live container under that id is another incarnation.
+pub const GENERATION_HEADER: &str = "x-lookout-generation";
+
 /// One container, as discovery and authorization see it.
 ///
 /// `id` is the routable name (a DNS label); `runtime_id` is what the container runtime calls
@@ -14,6 +26,12 @@ pub struct Instance {
     pub id: String,
     /// The id the container runtime uses (may be long, mixed case, or not a DNS label).
     pub runtime_id: String,
+    /// Which incarnation of `id` this is: changes whenever a new container takes the id
+    /// (the agent derives it from the runtime id and the init process's start time). The
+    /// proxy sends it back with each scrape ([`GENERATION_HEADER`]) so that the agent serves
+    /// only the container the proxy authorized. Empty from sources that do not know it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub generation: String,
     /// The node (agent) hosting the instance.
     pub node: String,
     /// Owning tenant, if the orchestrator labelled one; `None` means unowned.

@@ -43,6 +43,7 @@ fn inst(node: &str, id: &str) -> Instance {
     Instance {
         id: id.into(),
         runtime_id: format!("runtime-{id}"),
+        generation: String::new(),
         node: node.into(),
         tenant: Some("acme".into()),
         alias: id.into(),

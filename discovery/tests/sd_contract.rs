@@ -15,6 +15,7 @@ fn instance(id: &str, tenant: Option<&str>, groups: &[&str], image: Option<&str>
     Instance {
         id: id.into(),
         runtime_id: format!("runtime-{id}"),
+        generation: String::new(),
         node: "cn1".into(),
         tenant: tenant.map(str::to_string),
         alias: format!("{id}-alias"),

@@ -525,6 +525,21 @@ impl Upstream {
         headers: &HeaderMap,
         deadline: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.get_as(agent, path_and_query, headers, HeaderMap::new(), deadline)
+            .await
+    }
+
+    /// [`Upstream::get`], with headers the proxy itself asserts to the agent (the tenant it
+    /// authorized: [`lookout_discovery::TENANT_HEADER`]) added after the client's headers
+    /// were filtered, so they replace anything of the same name, and no client can set them.
+    pub async fn get_as(
+        &self,
+        agent: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        asserted: HeaderMap,
+        deadline: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let target = Target::parse(agent)?;
         if !path_and_query.starts_with('/') {
             return Err(UpstreamError::Protocol(format!(
@@ -537,6 +552,11 @@ impl Upstream {
                 UpstreamError::Protocol(format!("request target {path_and_query:?}: {e}"))
             })?;
         let mut forwarded = forwarded_headers(headers);
+        for (name, value) in asserted {
+            if let Some(name) = name {
+                forwarded.insert(name, value);
+            }
+        }
         forwarded.insert(HOST, target.host_header.clone());
         let make = || {
             let mut req = Request::new(Empty::<Bytes>::new());

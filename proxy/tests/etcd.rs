@@ -144,6 +144,7 @@ fn register_node(etcd: &Etcd) -> (watch::Sender<bool>, tokio::task::JoinHandle<(
     let web = Instance {
         id: "web-1".into(),
         runtime_id: "web-1".into(),
+        generation: String::new(),
         node: "n1".into(),
         tenant: Some("t1".into()),
         alias: "web-1".into(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use lookout_agent::config::AgentConfig;
+use lookout_discovery::{GENERATION_HEADER, TENANT_HEADER};
 use lookout_testkit::https;
 use lookout_testkit::pki::Pki;
 use rustls::ClientConfig;
@@ -24,15 +25,21 @@ pub fn pki() -> Pki {
     pki
 }
 
+/// The tenant [`agent_config`] gives containers without a tenant label.
+pub const TEST_TENANT: &str = "test-tenant";
+
 /// An agent configuration for tests: loopback, port 0, the test's runc root only, no
-/// cgroup rules. The periodic rescan is an hour away, so containers that come and go in a
-/// test are noticed through inotify (or a scrape that finds them gone), never by polling.
+/// cgroup rules, unlabelled containers owned by [`TEST_TENANT`]. The periodic rescan is an
+/// hour away, so containers that come and go in a test are noticed through inotify (or a
+/// scrape that finds them gone), never by polling.
 pub fn agent_config(pki: &Pki, runc_root: &Path, extra: &str) -> AgentConfig {
     let text = pki
         .agent_toml(runc_root)
         .tls_reload("200ms")
         .rescan("1h")
-        .extra(extra)
+        .extra(&format!(
+            "[labels]\ndefault_tenant = \"{TEST_TENANT}\"\n{extra}"
+        ))
         .render();
     let cfg = AgentConfig::parse(&text).expect("test config parses");
     let problems = cfg.problems();
@@ -53,8 +60,57 @@ pub struct Resp {
     pub wire_len: usize,
 }
 
-/// One GET over a fresh mTLS connection to `localhost`.
+/// One GET over a fresh mTLS connection to `localhost`. For an instance's view, unless the
+/// caller names a tenant itself, it does what a proxy does: looks the instance up in the
+/// agent's list and sends its tenant and generation
+/// ([`lookout_discovery::TENANT_HEADER`], [`lookout_discovery::GENERATION_HEADER`]).
 pub async fn get(
+    client: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
+    let asserted = match instance_in(path) {
+        Some(id) if !headers.iter().any(|(k, _)| *k == TENANT_HEADER) => {
+            owner_of(client, addr, id).await?
+        }
+        _ => Vec::new(),
+    };
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    all.extend(asserted.iter().map(|(k, v)| (*k, v.as_str())));
+    get_as_is(client, addr, path, &all).await
+}
+
+/// The instance id of a `/v1/instances/<id>/metrics[?…]` path.
+fn instance_in(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/instances/")?;
+    let (id, tail) = rest.split_once('/')?;
+    (tail == "metrics" || tail.starts_with("metrics?")).then_some(id)
+}
+
+/// The tenant and generation headers a proxy would send for `id`, from the agent's list
+/// (none for an instance that is not listed or has no owner).
+pub async fn owner_of(
+    client: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    id: &str,
+) -> Result<Vec<(&'static str, String)>, String> {
+    let list = get_as_is(client, addr, "/v1/instances", &[]).await?;
+    let list: Vec<lookout_discovery::Instance> =
+        serde_json::from_str(&list.body).map_err(|e| format!("list: {e}"))?;
+    Ok(match list.into_iter().find(|i| i.id == id) {
+        Some(i) => i
+            .tenant
+            .map(|t| (TENANT_HEADER, t))
+            .into_iter()
+            .chain(Some((GENERATION_HEADER, i.generation)))
+            .collect(),
+        None => Vec::new(),
+    })
+}
+
+/// One GET with exactly these headers.
+pub async fn get_as_is(
     client: &Arc<ClientConfig>,
     addr: SocketAddr,
     path: &str,

@@ -497,6 +497,7 @@ mod tests {
         let i = Instance {
             id: id.into(),
             runtime_id: id.into(),
+            generation: String::new(),
             node: node.into(),
             tenant: Some("acme".into()),
             alias: format!("{id} on {node}"),

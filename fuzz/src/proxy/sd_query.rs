@@ -118,6 +118,7 @@ fn instance(id: &str, tenant: &str, groups: &[&str]) -> Instance {
     Instance {
         id: id.into(),
         runtime_id: id.into(),
+        generation: String::new(),
         node: "node-1".into(),
         tenant: Some(tenant.into()),
         alias: id.into(),

@@ -40,7 +40,7 @@ use lookout_discovery::sd::{
     http_sd, http_sd_nodes, parse_groups, triton_containers, triton_error_body, triton_nodes,
     HTTP_SD_CONTENT_TYPE, TRITON_CONTENT_TYPE, TRITON_ERROR_CONTENT_TYPE,
 };
-use lookout_discovery::{is_dns_label, Shared};
+use lookout_discovery::{is_dns_label, Shared, GENERATION_HEADER, TENANT_HEADER};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::bodies::{accepts_gzip, Bodies, Kind, Rendered};
@@ -635,8 +635,23 @@ impl State {
     ) -> Response<Body> {
         let inv = self.inventory.load();
         let owned = instance.and_then(|i| inv.tenant(&id.tenant)?.get(i));
+        // What the agent re-checks against the live container (see
+        // `lookout_agent::authorization`): the tenant authorized here and the incarnation
+        // routed to, so a stale or lied-about inventory can never serve another's container.
+        let mut asserted = HeaderMap::new();
         let (node_id, path) = match (owned, node) {
-            (Some(i), _) => (i.node.clone(), format!("/v1/instances/{}/metrics", i.id)),
+            (Some(i), _) => {
+                let Ok(tenant) = HeaderValue::from_str(&id.tenant) else {
+                    return not_found();
+                };
+                asserted.insert(HeaderName::from_static(TENANT_HEADER), tenant);
+                if let Ok(g) = HeaderValue::from_str(&i.generation) {
+                    if !i.generation.is_empty() {
+                        asserted.insert(HeaderName::from_static(GENERATION_HEADER), g);
+                    }
+                }
+                (i.node.clone(), format!("/v1/instances/{}/metrics", i.id))
+            }
             (None, Some(n)) if id.operator && inv.node(n).is_some() => {
                 (n.to_string(), "/v1/node/metrics".to_string())
             }
@@ -663,7 +678,7 @@ impl State {
         let deadline = scrape_deadline(req.headers(), self.scrape_timeout);
         let result = self
             .upstream
-            .get(&agent, &path_and_query, &headers, deadline)
+            .get_as(&agent, &path_and_query, &headers, asserted, deadline)
             .await;
         let outcome = map_upstream(result.as_ref().map(|r| r.status()));
         match (outcome, result) {
