@@ -31,8 +31,11 @@
 //!   instances; an agent that never reported an instance is left out of `nodes`. `agent` is the
 //!   agent's `host:port`; `hostname` is the node id (an agent's default node id is its host
 //!   name).
-//! - **Conflicts**: an instance id (or node id) reported by two agents is served from the agent
-//!   whose address sorts first, with a warning.
+//! - **Conflicts**: an instance id (or node id) reported by two agents is served by neither
+//!   until only one reports it — whichever were believed, a compromised node could take over
+//!   another's instance — logged, and counted in [`crate::SourceStatus::conflicts`] (the
+//!   proxy's `lookout_proxy_inventory_conflicting_{instances,nodes}`). The agent's own check of the tenant
+//!   (`x-lookout-tenant`) holds whatever the inventory says.
 
 pub mod config;
 pub mod resolve;
@@ -51,7 +54,7 @@ pub use config::{AgentAddr, AgentsConfig, BackoffConfig, ClientTlsConfig, DnsCon
 pub use resolve::{HickoryResolver, Resolve, Resolved, StaticResolver};
 pub use stream::StreamError;
 
-use crate::inventory::{Inventory, Node, Shared};
+use crate::inventory::{Conflicts, Inventory, Node, Shared};
 use crate::model::{Instance, InstanceEvent};
 use crate::naming::is_dns_label;
 
@@ -565,41 +568,50 @@ impl Inner {
     /// Only what differs is written, so instances, tenants' maps and their stamps that did
     /// not change stay shared with the inventories published before
     /// ([`crate::inventory`]). The merge is O(instances) pointer work under the state lock.
-    fn merge_into(&self, inv: &mut Inventory) -> (bool, Vec<String>, bool) {
+    fn merge_into(&self, inv: &mut Inventory) -> Merged {
         let st = self.lock();
         let total = st.agents.values().map(|s| s.instances.len()).sum();
         let mut instances: HashMap<&str, &Arc<Instance>> = HashMap::with_capacity(total);
         let mut nodes: BTreeMap<&str, &AgentAddr> = BTreeMap::new();
+        // Ids claimed by two agents are served by neither: believing either could hand a
+        // lying agent another node's instance (or route another node's name to it).
+        let mut contested_ids: BTreeSet<&str> = BTreeSet::new();
+        let mut contested_nodes: BTreeSet<&str> = BTreeSet::new();
         let mut errors = Vec::new();
-        let mut conflicts = 0usize;
         for (addr, slice) in &st.agents {
             for (id, i) in &slice.instances {
-                if instances.contains_key(id.as_str()) {
-                    conflicts += 1;
-                } else {
-                    instances.insert(id, i);
+                if instances.insert(id, i).is_some() {
+                    contested_ids.insert(id);
                 }
             }
             if let Some(node) = &slice.node {
-                if nodes.contains_key(node.as_str()) {
-                    conflicts += 1;
-                } else {
-                    nodes.insert(node, addr);
+                if nodes.insert(node, addr).is_some() {
+                    contested_nodes.insert(node);
                 }
             }
             if let Some(e) = slice.current_error() {
                 errors.push(format!("agent {addr}: {e}"));
             }
         }
+        for id in &contested_ids {
+            instances.remove(id);
+        }
+        for node in &contested_nodes {
+            nodes.remove(node);
+        }
         if let Some(e) = &st.dns_error {
             errors.push(format!("dns: {e}"));
         }
-        if conflicts > 0 {
-            tracing::warn!(
-                conflicts,
-                "agents source: instance or node ids reported by more than one agent; the first agent by address wins"
-            );
-        }
+        let conflicts = Conflicts {
+            instances: contested_ids.len(),
+            nodes: contested_nodes.len(),
+        };
+        let contested: Vec<String> = contested_ids
+            .iter()
+            .chain(contested_nodes.iter())
+            .take(10)
+            .map(|s| s.to_string())
+            .collect();
 
         let gone: Vec<String> = inv
             .instances_any_order()
@@ -642,16 +654,36 @@ impl Inner {
                 changed = true;
             }
         }
-        (changed, errors, st.ready)
+        Merged {
+            changed,
+            errors,
+            ready: st.ready,
+            conflicts,
+            contested,
+        }
     }
 
     /// The merged inventory, built afresh (tests).
     #[cfg(test)]
     fn merge(&self) -> (Inventory, Vec<String>, bool) {
         let mut inv = Inventory::default();
-        let (_, errors, ready) = self.merge_into(&mut inv);
-        (inv, errors, ready)
+        let m = self.merge_into(&mut inv);
+        (inv, m.errors, m.ready)
     }
+}
+
+/// What [`Inner::merge_into`] found.
+struct Merged {
+    /// The inventory changed.
+    changed: bool,
+    /// The current failures.
+    errors: Vec<String>,
+    /// Publishing is allowed (a snapshot arrived).
+    ready: bool,
+    /// Ids claimed by more than one agent, served by none.
+    conflicts: Conflicts,
+    /// The first few of those ids, for the log.
+    contested: Vec<String>,
 }
 
 /// Skips instances whose id is not routable (an agent bug; logged).
@@ -673,11 +705,28 @@ struct Publisher {
     /// Something was published.
     published: bool,
     last_errors: Vec<String>,
+    last_conflicts: Conflicts,
 }
 
 impl Publisher {
     fn publish(&mut self, inner: &Inner, shared: &Shared) {
-        let (changed, errors, ready) = inner.merge_into(&mut self.current);
+        let Merged {
+            changed,
+            errors,
+            ready,
+            conflicts,
+            contested,
+        } = inner.merge_into(&mut self.current);
+        if conflicts != self.last_conflicts && conflicts != Conflicts::default() {
+            tracing::warn!(
+                instances = conflicts.instances,
+                nodes = conflicts.nodes,
+                ids = ?contested,
+                "agents source: ids claimed by more than one agent; served to nobody until one agent claims each"
+            );
+        }
+        self.last_conflicts = conflicts.clone();
+        shared.set_conflicts(conflicts);
         self.pending |= changed;
         let recovered = !self.last_errors.is_empty() && errors.is_empty();
         let mut published = false;
@@ -790,6 +839,69 @@ mod tests {
             inner.lock().agents.insert(addr(a), Slice::default());
         }
         inner
+    }
+
+    /// A lying agent (valid certificate, compromised node) claims the genuine node's
+    /// instance and node id: neither claim is served until the lie stops.
+    #[test]
+    fn ids_claimed_by_two_agents_are_served_by_neither() {
+        let inner = with_agents(&["a:1", "b:1"]);
+        let shared = Shared::new();
+        let mut p = Publisher::default();
+        let snap = |node: &str, v: Vec<Instance>| InstanceEvent::Snapshot {
+            node: Some(node.into()),
+            instances: v,
+        };
+        inner
+            .apply(
+                &addr("b:1"),
+                snap("nb", vec![inst("theirs", "nb"), inst("b-only", "nb")]),
+            )
+            .expect("apply");
+        // "a:1" sorts first: under the old rule its claim won.
+        inner
+            .apply(
+                &addr("a:1"),
+                snap("na", vec![inst("theirs", "nb"), inst("a-only", "na")]),
+            )
+            .expect("apply");
+        p.publish(&inner, &shared);
+        let inv = shared.load();
+        assert_eq!(
+            ids(&inv),
+            ["a-only", "b-only"],
+            "the contested id is served by no one"
+        );
+        assert_eq!(
+            shared.status().conflicts,
+            Conflicts {
+                instances: 1,
+                nodes: 0
+            }
+        );
+
+        // The liar also claims the genuine node's id: that node is routed to nobody either.
+        inner
+            .apply(&addr("a:1"), snap("nb", vec![inst("a-only", "nb")]))
+            .expect("apply");
+        p.publish(&inner, &shared);
+        let inv = shared.load();
+        assert!(
+            inv.node("nb").is_none(),
+            "a contested node id is not routed"
+        );
+        assert_eq!(shared.status().conflicts.nodes, 1);
+
+        // The lie stops: the genuine claims are served again and the count clears.
+        inner
+            .apply(&addr("a:1"), snap("na", vec![inst("a-only", "na")]))
+            .expect("apply");
+        p.publish(&inner, &shared);
+        let inv = shared.load();
+        assert_eq!(ids(&inv), ["a-only", "b-only", "theirs"]);
+        assert_eq!(agent(&inv, "nb"), "b:1");
+        assert_eq!(inv.instance("theirs").map(|i| i.node.as_str()), Some("nb"));
+        assert_eq!(shared.status().conflicts, Conflicts::default());
     }
 
     #[test]

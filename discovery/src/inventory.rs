@@ -386,6 +386,19 @@ pub struct SourceStatus {
     pub last_success: Option<SystemTime>,
     /// The last error since that success, if any.
     pub last_error: Option<String>,
+    /// Instance and node ids that more than one node claims right now. Each is served to
+    /// nobody until only one node claims it: whichever claim were believed, a lying node
+    /// could take another's instance.
+    pub conflicts: Conflicts,
+}
+
+/// Ids claimed by more than one node (see [`SourceStatus::conflicts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conflicts {
+    /// How many instance ids.
+    pub instances: usize,
+    /// How many node ids.
+    pub nodes: usize,
 }
 
 /// The inventory shared between sources and request handlers.
@@ -418,6 +431,12 @@ impl Shared {
     pub fn fail(&self, error: impl Into<String>) {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         s.last_error = Some(error.into());
+    }
+
+    /// Records the ids claimed by more than one node now (kept until the next call).
+    pub fn set_conflicts(&self, conflicts: Conflicts) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.conflicts = conflicts;
     }
 
     /// Source health, for `/readyz` and metrics.

@@ -10,6 +10,6 @@ pub mod model;
 pub mod naming;
 pub mod sd;
 
-pub use inventory::{Inventory, Node, Shared, SourceStatus};
+pub use inventory::{Conflicts, Inventory, Node, Shared, SourceStatus};
 pub use model::{Instance, InstanceEvent, GENERATION_HEADER, TENANT_HEADER};
 pub use naming::{instance_id_for, is_dns_label};

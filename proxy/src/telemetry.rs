@@ -82,6 +82,10 @@ pub struct Telemetry {
     pub inventory_instances: Gauge,
     /// Nodes in the inventory.
     pub inventory_nodes: Gauge,
+    /// Instance ids more than one node claims now, served to nobody.
+    pub inventory_conflicting_instances: Gauge,
+    /// Node ids more than one agent claims now, routed to nobody.
+    pub inventory_conflicting_nodes: Gauge,
     /// Discovery bodies rendered (the others were served from the cache), by route.
     pub discovery_renders: Family<RouteLabels, Counter>,
     /// Seconds since the inventory was last published (−1: never).
@@ -172,6 +176,18 @@ impl Telemetry {
             "Nodes in the inventory",
             inventory_nodes.clone(),
         );
+        let inventory_conflicting_instances = Gauge::default();
+        registry.register(
+            "inventory_conflicting_instances",
+            "Instance ids claimed by more than one node now; served to nobody until one node claims each",
+            inventory_conflicting_instances.clone(),
+        );
+        let inventory_conflicting_nodes = Gauge::default();
+        registry.register(
+            "inventory_conflicting_nodes",
+            "Node ids claimed by more than one agent now; routed to nobody until one agent claims each",
+            inventory_conflicting_nodes.clone(),
+        );
         let discovery_renders = Family::<RouteLabels, Counter>::default();
         registry.register(
             "discovery_renders",
@@ -216,6 +232,8 @@ impl Telemetry {
             tenants_etcd_up,
             inventory_instances,
             inventory_nodes,
+            inventory_conflicting_instances,
+            inventory_conflicting_nodes,
             discovery_renders,
             inventory_age_seconds,
             inventory_source_up,
@@ -238,6 +256,11 @@ impl Telemetry {
                 .map_or(0.0, |d| d.as_secs_f64())
         });
         self.inventory_age_seconds.set(age);
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.inventory_conflicting_instances
+            .set(gauge(status.conflicts.instances));
+        self.inventory_conflicting_nodes
+            .set(gauge(status.conflicts.nodes));
         let up = status.last_success.is_some() && status.last_error.is_none();
         self.inventory_source_up.set(i64::from(up));
     }

@@ -318,12 +318,16 @@ struct View {
     /// Instance keys per node id, so orphans are counted per node, not per instance.
     per_node: HashMap<String, usize>,
     proxies: BTreeMap<String, ProxyRecord>,
-    /// The inventory served: `instances` less orphans, one node per id.
+    /// The inventory served: `instances` less orphans and contested ids.
     served: Inventory,
     /// Instance ids whose keys changed since the last publish.
     dirty_ids: BTreeSet<String>,
     /// Node ids whose keys changed since the last publish.
     dirty_nodes: BTreeSet<String>,
+    /// Instance ids registered under more than one present node: served by none.
+    contested: BTreeSet<String>,
+    /// `contested.len()` when it was last logged.
+    contested_logged: usize,
 }
 
 impl View {
@@ -435,26 +439,39 @@ impl View {
             .map(|(_, n)| n)
             .sum();
         let orphans = self.instances.len() - placed;
-        let conflicts = placed - self.served.instance_count();
-        if conflicts > 0 {
-            tracing::warn!(
-                conflicts,
-                "etcd source: instance ids registered under more than one node; the first node by id wins"
-            );
+        if self.contested.len() != self.contested_logged {
+            self.contested_logged = self.contested.len();
+            if !self.contested.is_empty() {
+                tracing::warn!(
+                    instances = self.contested.len(),
+                    ids = ?self.contested.iter().take(10).collect::<Vec<_>>(),
+                    "etcd source: instance ids registered under more than one node; served to nobody until one node registers each"
+                );
+            }
         }
         orphans
     }
 
-    /// Serves `id` from the first node by id that registers it and whose node key is
-    /// present, or not at all.
+    /// Serves `id` from the one node that registers it and whose node key is present, or
+    /// not at all: an id registered under two live nodes is served by neither (a node could
+    /// lie about another's instance), and counted until only one registers it.
     fn elect(&mut self, id: &str) {
         let from = (id.to_string(), String::new());
-        let winner = self
+        let mut homes = self
             .homes
             .range(from..)
             .take_while(|(i, _)| i == id)
-            .find(|(_, node)| self.nodes.contains_key(node))
-            .and_then(|(i, node)| self.instances.get(&(node.clone(), i.clone())));
+            .filter(|(_, node)| self.nodes.contains_key(node));
+        let (first, second) = (homes.next(), homes.next());
+        let winner = match (first, second) {
+            (Some((i, node)), None) => self.instances.get(&(node.clone(), i.clone())),
+            _ => None,
+        };
+        if second.is_some() {
+            self.contested.insert(id.to_string());
+        } else {
+            self.contested.remove(id);
+        }
         match winner {
             Some(i) => {
                 self.served.insert_instance(Arc::clone(i));
@@ -477,6 +494,10 @@ impl View {
         let inv = self.served.clone();
         let (nodes, instances) = (inv.node_count(), inv.instance_count());
         shared.publish(inv);
+        shared.set_conflicts(crate::Conflicts {
+            instances: self.contested.len(),
+            nodes: 0,
+        });
         status.send_modify(|s| {
             s.revision = revision;
             s.nodes = nodes;
@@ -559,8 +580,8 @@ mod tests {
     }
 
     /// The incremental publish elects what a rebuild from scratch would: instances of
-    /// absent nodes are orphans, an id under two nodes is served from the first present
-    /// node by id, and each change re-elects only what it touches.
+    /// absent nodes are orphans, an id under two present nodes is served by neither (and
+    /// counted), and each change re-elects only what it touches.
     #[test]
     fn incremental_sync_matches_the_rules() {
         let mut f = Fixture::new();
@@ -573,7 +594,8 @@ mod tests {
         assert_eq!(f.served(), (1, placed(&[("x", "n2"), ("y", "n2")])));
 
         f.put(k.node("n1"), node("n1"));
-        assert_eq!(f.served(), (0, placed(&[("x", "n1"), ("y", "n2")])));
+        assert_eq!(f.served(), (0, placed(&[("y", "n2")])), "x is contested");
+        assert_eq!(f.view.contested.len(), 1);
         assert_eq!(f.view.served.node_count(), 2);
 
         // Same value again: nothing to do.
@@ -582,9 +604,10 @@ mod tests {
             .put(&f.keys, &f.cfg, k.node("n1").as_bytes(), &node("n1"));
         assert!(matches!(same, Ok(false)));
 
-        // n1 goes: x falls back to n2; n1's keys are orphans.
+        // n1 goes: x is n2's alone again; n1's keys are orphans.
         f.delete(k.node("n1"));
         assert_eq!(f.served(), (1, placed(&[("x", "n2"), ("y", "n2")])));
+        assert!(f.view.contested.is_empty());
         assert!(f.view.served.node("n1").is_none());
 
         // n2's x goes: with n1 absent, nobody serves x.
