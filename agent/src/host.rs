@@ -33,6 +33,9 @@ pub struct Host {
     pub swap_total: u64,
     /// Kernel identity for `node_uname_info` (all but `nodename`).
     pub uname: Uname,
+    /// The host's namespaces ([`crate::namespaces::NamespaceIds::host`]), which no view may
+    /// show a tenant.
+    pub namespaces: crate::namespaces::NamespaceIds,
     /// Block device names by `MAJ:MIN`, read from sysfs once each.
     devices: Arc<Mutex<HashMap<(u32, u32), String>>>,
 }
@@ -74,6 +77,7 @@ impl Host {
             cgroup: roots.cgroup.clone(),
             sys: roots.sys.clone(),
             layout: Layout::detect(&roots.cgroup),
+            namespaces: crate::namespaces::NamespaceIds::host(&roots.proc),
             clk_tck: rustix::param::clock_ticks_per_second(),
             boot_time,
             cpus,

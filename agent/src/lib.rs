@@ -22,6 +22,7 @@ pub mod host;
 pub mod kernel_file;
 pub mod loadavg;
 pub mod mountinfo;
+pub mod namespaces;
 pub mod netdev;
 pub mod node;
 pub mod pressure;

@@ -2,7 +2,7 @@
 //! current by inotify on the runtime state roots with a periodic full rescan as the safety
 //! net, and published through a `watch` channel so readers always see one consistent set.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,8 @@ use crate::container::{self, Container};
 use crate::host::Host;
 use crate::kernel_file::Dir;
 use crate::loadavg::{self, LoadAvg, TaskStates};
-use crate::source::Source;
+use crate::namespaces::{NamespaceIds, SharedWithHost};
+use crate::source::{Discovered, Source};
 
 /// A container plus the state the agent keeps for it between scrapes.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub struct Tracked {
     pub container: Container,
     /// Its cgroup directories, held open for scrapes.
     pub dirs: CgroupDirs,
+    /// Which of its namespaces are the host's (their collectors are withheld).
+    pub shared: SharedWithHost,
     /// Its init's `/proc/<pid>`, held open: reads through it fail once that process is gone,
     /// even if the pid is reused. Not held only when the descriptor budget is spent; then
     /// every collection checks the start time first.
@@ -41,8 +44,9 @@ pub struct Tracked {
 
 impl Tracked {
     /// Starts tracking `c`, holding its directories open; `None` if its init process is no
-    /// longer the one discovered (exited, or its pid reused, since the scan).
-    pub fn open(c: Container, host: &Host) -> Option<Tracked> {
+    /// longer the one discovered (exited, or its pid reused, since the scan). `shared` says
+    /// which of its namespaces are the host's.
+    pub fn open(c: Container, host: &Host, shared: SharedWithHost) -> Option<Tracked> {
         let proc = Dir::open(host.pid_dir(c.pid));
         if proc.is_held() {
             let stat = crate::process::stat_in(&proc).ok()?;
@@ -54,6 +58,7 @@ impl Tracked {
             crate::source::live_start(host, c.pid, Some(c.start_ticks))?;
         }
         Some(Tracked {
+            shared,
             dirs: CgroupDirs::open(&c.cgroups),
             proc,
             container: c,
@@ -133,6 +138,55 @@ impl Inventory {
     }
 }
 
+/// What the last scan refused to track, for logs and the agent's own metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// Processes claimed by disagreeing state files (served to nobody).
+    pub conflicts: usize,
+    /// Claimed processes that are in all of the host's namespaces.
+    pub host_processes: usize,
+}
+
+/// The claims to track, one per process, and how many processes were contested.
+struct Settled {
+    claims: Vec<Discovered>,
+    conflicts: usize,
+}
+
+/// One claim per process: see [`Registry::rescan`]. Order (the sources' order) is kept.
+fn settle_claims(found: Vec<Discovered>) -> Settled {
+    let is_state = |d: &Discovered| !d.source.starts_with("cgroup-rule:");
+    let mut state_claims: HashMap<u32, Vec<&Discovered>> = HashMap::new();
+    for d in found.iter().filter(|d| is_state(d)) {
+        state_claims.entry(d.pid).or_default().push(d);
+    }
+    let contested: HashSet<u32> = state_claims
+        .iter()
+        .filter(|(_, claims)| {
+            let same = |a: &Discovered, b: &Discovered| {
+                Discovered {
+                    source: String::new(),
+                    ..a.clone()
+                } == Discovered {
+                    source: String::new(),
+                    ..b.clone()
+                }
+            };
+            claims.iter().any(|c| !same(c, claims[0]))
+        })
+        .map(|(pid, _)| *pid)
+        .collect();
+    let mut seen = HashSet::new();
+    let claims = found
+        .into_iter()
+        .filter(|d| !contested.contains(&d.pid) && seen.insert(d.pid))
+        .collect();
+    Settled {
+        claims,
+        conflicts: contested.len(),
+    }
+}
+
 /// Finds and tracks containers.
 pub struct Registry {
     host: Arc<Host>,
@@ -141,6 +195,7 @@ pub struct Registry {
     node: String,
     current: watch::Sender<Arc<Inventory>>,
     wake: Arc<Notify>,
+    refused: Mutex<Refused>,
 }
 
 impl Registry {
@@ -158,12 +213,18 @@ impl Registry {
             node,
             current: watch::Sender::new(Arc::default()),
             wake: Arc::new(Notify::new()),
+            refused: Default::default(),
         }
     }
 
     /// The current inventory.
     pub fn inventory(&self) -> Arc<Inventory> {
         self.current.borrow().clone()
+    }
+
+    /// What the last scan refused to track.
+    pub fn refused(&self) -> Refused {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Subscribes to inventory changes.
@@ -178,37 +239,68 @@ impl Registry {
 
     /// Scans every source once and publishes the result if anything changed. Blocking I/O:
     /// call from a blocking context.
+    ///
+    /// Claims on one process are settled before anything is tracked: identical claims (one
+    /// state root listed twice) count once; claims by state files (runc, crun) that disagree
+    /// — a copy of another container's state with another tenant label — are served to
+    /// nobody, since either could be the forgery; a cgroup rule's claim on a process a state
+    /// file claims yields to it. A process in all of the host's namespaces is never tracked.
     pub fn rescan(&self) {
         let old = self.inventory();
         let mut next = Inventory::default();
-        let mut pids = HashSet::new();
-        for source in &self.sources {
-            for found in source.scan(&self.host) {
-                // The same process found twice (runc state and a cgroup rule): first wins.
-                if !pids.insert(found.pid) {
+        let found: Vec<Discovered> = self
+            .sources
+            .iter()
+            .flat_map(|s| s.scan(&self.host))
+            .collect();
+        let settled = settle_claims(found);
+        let mut refused = Refused {
+            conflicts: settled.conflicts,
+            host_processes: 0,
+        };
+        for found in settled.claims {
+            let Some(mut c) = container::from_discovered(found, &self.keys, &self.node) else {
+                continue;
+            };
+            if next.containers.contains_key(&c.instance.id) {
+                let derived = instance_id_for(None, &c.instance.runtime_id);
+                tracing::warn!(id = %c.instance.id, runtime_id = %c.instance.runtime_id, fallback = %derived, "instance id taken; using the derived id");
+                if next.containers.contains_key(&derived) {
                     continue;
                 }
-                let Some(mut c) = container::from_discovered(found, &self.keys, &self.node) else {
-                    continue;
-                };
-                if next.containers.contains_key(&c.instance.id) {
-                    let derived = instance_id_for(None, &c.instance.runtime_id);
-                    tracing::warn!(id = %c.instance.id, runtime_id = %c.instance.runtime_id, fallback = %derived, "instance id taken; using the derived id");
-                    if next.containers.contains_key(&derived) {
+                c.instance.id = derived;
+            }
+            let tracked = match old.containers.get(&c.instance.id) {
+                Some(t) if t.container == c => Arc::clone(t),
+                _ => {
+                    let shared = SharedWithHost::between(
+                        &NamespaceIds::of(&self.host.pid_dir(c.pid)),
+                        &self.host.namespaces,
+                    );
+                    // pid 1 is the host's init, whether or not its links can be read.
+                    if shared.all || c.pid == 1 {
+                        refused.host_processes += 1;
                         continue;
                     }
-                    c.instance.id = derived;
-                }
-                let tracked = match old.containers.get(&c.instance.id) {
-                    Some(t) if t.container == c => Arc::clone(t),
-                    _ => match Tracked::open(c, &self.host) {
+                    match Tracked::open(c, &self.host, shared) {
                         Some(t) => Arc::new(t),
                         None => continue,
-                    },
-                };
-                next.containers
-                    .insert(tracked.container.instance.id.clone(), tracked);
-            }
+                    }
+                }
+            };
+            next.containers
+                .insert(tracked.container.instance.id.clone(), tracked);
+        }
+        let before = std::mem::replace(
+            &mut *self.refused.lock().unwrap_or_else(|e| e.into_inner()),
+            refused,
+        );
+        if refused != before && (refused.conflicts > 0 || refused.host_processes > 0) {
+            tracing::warn!(
+                conflicting_claims = refused.conflicts,
+                host_processes = refused.host_processes,
+                "discovery refused processes: conflicting state files claim one process, or a claimed process is the host's"
+            );
         }
         let same = next.containers.len() == old.containers.len()
             && next
@@ -308,5 +400,58 @@ impl Registry {
             })
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::CgroupPaths;
+
+    fn claim(source: &str, pid: u32, id: &str, tenant: &str) -> Discovered {
+        Discovered {
+            runtime_id: id.into(),
+            pid,
+            start_ticks: 7,
+            cgroups: CgroupPaths::default(),
+            rootfs: None,
+            hostname: None,
+            labels: [("lookout.tenant".to_string(), tenant.to_string())].into(),
+            source: source.into(),
+        }
+    }
+
+    fn pids(s: &Settled) -> Vec<(u32, String)> {
+        s.claims
+            .iter()
+            .map(|d| (d.pid, d.runtime_id.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn disagreeing_state_files_on_one_process_are_served_to_nobody() {
+        let s = settle_claims(vec![
+            claim("runc", 10, "web", "acme"),
+            // A copy of web's state under another id and tenant.
+            claim("runc", 10, "evil", "globex"),
+            claim("runc", 20, "db", "acme"),
+            // The same root listed twice: identical claims count once.
+            claim("runc", 20, "db", "acme"),
+            // A rule's claim on a process a state file claims yields to the state file.
+            claim("cgroup-rule:nspawn", 20, "machine-db", "other"),
+            claim("cgroup-rule:nspawn", 30, "machine", "initech"),
+        ]);
+        assert_eq!(
+            pids(&s),
+            [(20, "db".to_string()), (30, "machine".to_string())]
+        );
+        assert_eq!(s.conflicts, 1);
+        // Also across state-file runtimes (runc and crun).
+        let s = settle_claims(vec![
+            claim("runc", 10, "web", "acme"),
+            claim("crun", 10, "web", "globex"),
+        ]);
+        assert!(s.claims.is_empty());
+        assert_eq!(s.conflicts, 1);
     }
 }

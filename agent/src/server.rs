@@ -167,6 +167,16 @@ impl Api {
                 self.telemetry
                     .containers
                     .set(self.registry.inventory().containers.len() as i64);
+                let refused = self.registry.refused();
+                for (reason, n) in [
+                    ("conflict", refused.conflicts),
+                    ("host_process", refused.host_processes),
+                ] {
+                    self.telemetry
+                        .claims_refused
+                        .get_or_create(&crate::telemetry::RefusalLabels { reason })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
                 let mut r = text(StatusCode::OK, self.telemetry.encode());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

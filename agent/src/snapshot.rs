@@ -11,6 +11,7 @@ use crate::host::Host;
 use crate::kernel_file::{Dir, KernelFileError};
 use crate::loadavg::TaskStates;
 use crate::mountinfo;
+use crate::namespaces::SharedWithHost;
 use crate::netdev::{self, NetDev};
 use crate::registry::{Slow, Tracked};
 
@@ -36,6 +37,9 @@ pub struct Snapshot {
     pub load: ([f64; 3], TaskStates),
     /// Seconds each collector's reads took.
     pub durations: Vec<(&'static str, f64)>,
+    /// The container's namespaces that are the host's: their collectors are withheld
+    /// ([`crate::namespaces`]).
+    pub withheld: SharedWithHost,
 }
 
 /// Reads a container. Returns `Err(Gone)` when the container's init process is no longer the
@@ -77,6 +81,8 @@ pub async fn collect(
 
     let start = Instant::now();
     let filesystems = match &slow.mounts {
+        // The host's own mounts: not stat'ed, never shown.
+        _ if t.shared.mnt => Ok(Vec::new()),
         Ok(m) => Ok(statfs.stat_all(&pid_dir.join("root"), m).await),
         Err(e) => Err(KernelFileError::parse(
             &pid_dir.join("mountinfo"),
@@ -107,6 +113,7 @@ pub async fn collect(
         filesystems,
         load,
         durations,
+        withheld: t.shared,
     })
 }
 

@@ -25,10 +25,10 @@ pub struct CollectorLabels {
     pub collector: &'static str,
 }
 
-/// Labels of a refused scrape.
+/// Labels of a refused scrape or discovery claim.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    /// [`crate::authorization::Refusal::reason`].
+    /// [`crate::authorization::Refusal::reason`], or `conflict` / `host_process`.
     pub reason: &'static str,
 }
 
@@ -47,6 +47,8 @@ pub struct Telemetry {
     pub collector_errors: Family<CollectorLabels, Counter>,
     /// Containers known now.
     pub containers: Gauge,
+    /// Processes the last discovery scan refused to track, by reason (set when encoding).
+    pub claims_refused: Family<RefusalLabels, Gauge>,
     /// TLS reloads that failed (the old certificates stay in use).
     pub tls_reload_failures: Counter,
     /// Instance scrapes refused because the live container is not the one the proxy
@@ -98,6 +100,12 @@ impl Telemetry {
             "Containers known on this node",
             containers.clone(),
         );
+        let claims_refused = Family::<RefusalLabels, Gauge>::default();
+        registry.register(
+            "claims_refused",
+            "Processes discovery refused to track now: conflicting state files claim one (reason conflict), or one is in all of the host's namespaces (reason host_process)",
+            claims_refused.clone(),
+        );
         let tls_reload_failures = Counter::default();
         registry.register(
             "tls_reload_failures",
@@ -130,6 +138,7 @@ impl Telemetry {
             collection_seconds,
             collector_errors,
             containers,
+            claims_refused,
             tls_reload_failures,
             scrapes_refused,
             held_directories,

@@ -312,6 +312,12 @@ impl Container {
         let out = check(self.runc().args(["state", &self.id]));
         serde_json::from_slice(&out.stdout).expect("runc state prints JSON")
     }
+    /// runc's own `state.json` for the container (what the agent reads), as JSON.
+    pub fn state_file(&self) -> Value {
+        let path = self.inner.state.join(&self.id).join("state.json");
+        let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_slice(&bytes).expect("runc's state.json is JSON")
+    }
     /// The host pid of the container's init process.
     pub fn pid(&self) -> u32 {
         let pid = self.state()["pid"]
