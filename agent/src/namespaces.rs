@@ -30,7 +30,7 @@ impl NamespaceIds {
     pub fn of(pid_dir: &Path) -> NamespaceIds {
         let mut ids = [None; 5];
         for (slot, kind) in ids.iter_mut().zip(KINDS) {
-            *slot = rustix::fs::stat(&pid_dir.join("ns").join(kind))
+            *slot = rustix::fs::stat(pid_dir.join("ns").join(kind))
                 .ok()
                 .map(|st| (st.st_dev, st.st_ino));
         }
