@@ -47,38 +47,90 @@ impl KernelFileError {
     }
 }
 
-/// Reads a whole small file as text. `ENOENT`/`ESRCH` become [`KernelFileError::Gone`].
-///
-/// One `open` and, for a file that fits the buffer, one `read`: no `stat` for a size hint
-/// (kernel files report size 0 or 4096 anyway), and no second `read` to see end of file.
-/// procfs and cgroupfs files are `seq_file`s, which fill a read until the caller's buffer is
-/// full or the content ends — so a short read is the end. This halves the syscalls of
-/// `fs::read_to_string` on the agent's hottest path.
-pub fn read(path: &Path) -> Result<String, KernelFileError> {
-    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
-    read_whole(file, path)
+/// The most the agent reads of one kernel file. The largest it reads is a container's
+/// `mountinfo`, about 150 bytes a mount: 16 MiB is 100,000 mounts. Anything longer is not a
+/// kernel file the agent expects (a bind mount of `/dev/zero`, say) and is refused.
+pub const MAX_KERNEL_FILE: usize = 16 << 20;
+
+/// The most the agent reads of one runtime state file (`state.json`, crun's `status`, an
+/// OCI `config.json`): a Kubernetes pod's config with every annotation is tens of KiB.
+pub const MAX_STATE_FILE: usize = 4 << 20;
+
+/// How files are opened: never blocking on open or read (a FIFO planted where a file is
+/// expected opens at once and reads nothing), never following a symlink in the last
+/// component, never inherited by children.
+fn open_flags() -> rustix::fs::OFlags {
+    use rustix::fs::OFlags;
+    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOFOLLOW
 }
 
-/// Reads an open kernel file to its end (see [`read`] for why one `read` usually suffices).
-fn read_whole(mut file: std::fs::File, path: &Path) -> Result<String, KernelFileError> {
+/// Reads a whole small file as text. `ENOENT`/`ESRCH` become [`KernelFileError::Gone`].
+///
+/// Opened as [`open_flags`] says and checked to be a regular file (procfs and cgroupfs files
+/// are), so no FIFO, device or symlink planted in its place can stall or flood the agent;
+/// read up to [`MAX_KERNEL_FILE`].
+///
+/// For a file that fits the buffer, one `read`: no `stat` for a size hint (kernel files
+/// report size 0 or 4096 anyway), and no second `read` to see end of file. procfs and
+/// cgroupfs files are `seq_file`s, which fill a read until the caller's buffer is full or
+/// the content ends — so a short read is the end.
+pub fn read(path: &Path) -> Result<String, KernelFileError> {
+    text(read_regular(path, MAX_KERNEL_FILE)?, path)
+}
+
+/// Reads a whole file of at most `max` bytes, refusing anything but a regular file (see
+/// [`read`]). For runtime state files, whose directories anyone with root on the node — or
+/// a bug — can fill with anything.
+pub fn read_regular(path: &Path, max: usize) -> Result<Vec<u8>, KernelFileError> {
+    let fd = rustix::fs::open(path, open_flags(), rustix::fs::Mode::empty())
+        .map_err(|e| io_error(path, e.into()))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| io_error(path, e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(KernelFileError::parse(path, "not a regular file"));
+    }
+    read_whole(std::fs::File::from(fd), path, max)
+}
+
+/// Reads an open file to its end, at most `max` bytes (see [`read`] for why one `read`
+/// usually suffices). Longer is an error, not a truncation: a cut-off file would parse as
+/// something it is not.
+fn read_whole(
+    mut file: std::fs::File,
+    path: &Path,
+    max: usize,
+) -> Result<Vec<u8>, KernelFileError> {
     use std::io::Read;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; 4096.min(max + 1)];
     let mut len = 0;
     loop {
         match file.read(&mut buf[len..]) {
             Ok(n) => {
                 len += n;
+                if len > max {
+                    return Err(KernelFileError::parse(
+                        path,
+                        format!("longer than {max} bytes"),
+                    ));
+                }
                 if len < buf.len() {
                     break;
                 }
-                buf.resize(buf.len() * 2, 0);
+                buf.resize((buf.len() * 2).min(max + 1), 0);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A FIFO or socket with nothing to read, opened non-blocking.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(KernelFileError::parse(path, "would block"))
+            }
             Err(e) => return Err(io_error(path, e)),
         }
     }
     buf.truncate(len);
-    String::from_utf8(buf).map_err(|_| KernelFileError::parse(path, "not UTF-8"))
+    Ok(buf)
+}
+
+fn text(bytes: Vec<u8>, path: &Path) -> Result<String, KernelFileError> {
+    String::from_utf8(bytes).map_err(|_| KernelFileError::parse(path, "not UTF-8"))
 }
 
 /// A directory whose files the agent reads on every scrape (a container's cgroup directory,
@@ -165,15 +217,21 @@ impl Dir {
         self.path.join(name)
     }
 
-    /// Reads the whole file `name` (a relative path) as [`read`] does.
+    /// Reads the whole file `name` (a relative path) as [`read`] does, with one difference
+    /// on the hot path: no `fstat` to check for a regular file. A held directory is a
+    /// cgroupfs or procfs directory, where nobody can create a FIFO, a device or a symlink,
+    /// and `name` is one of the agent's own constants; the open still neither blocks nor
+    /// follows a final symlink, and the read is still capped.
     pub fn read(&self, name: &str) -> Result<String, KernelFileError> {
         let Some(fd) = &self.fd else {
             return read(&self.join(name));
         };
-        use rustix::fs::{Mode, OFlags};
-        let file = rustix::fs::openat(fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        let file = rustix::fs::openat(fd, name, open_flags(), rustix::fs::Mode::empty())
             .map_err(|e| io_error(&self.join(name), e.into()))?;
-        read_whole(std::fs::File::from(file), &self.join(name))
+        text(
+            read_whole(std::fs::File::from(file), &self.join(name), MAX_KERNEL_FILE)?,
+            &self.join(name),
+        )
     }
 
     /// Reads a file holding one unsigned number.
@@ -405,6 +463,55 @@ mod tests {
         let missing = Dir::open(tmp.path().join("nope"));
         assert!(!missing.is_held());
         assert!(missing.read("n").expect_err("missing").is_gone());
+    }
+
+    /// What a root user on the node (or a bug) can plant where the agent expects a file:
+    /// each is refused at once, none blocks or floods.
+    #[test]
+    fn fifos_devices_symlinks_and_floods_are_refused_without_blocking() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fifo = tmp.path().join("state.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo (coreutils)");
+        assert!(made.success(), "mkfifo failed");
+        let started = std::time::Instant::now();
+        let e = read_regular(&fifo, MAX_STATE_FILE).expect_err("a FIFO");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let zero = tmp.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+        let e = read_regular(&zero, MAX_STATE_FILE).expect_err("a symlink");
+        assert!(!e.is_gone(), "{e}");
+        let e = read_regular(Path::new("/dev/zero"), MAX_STATE_FILE).expect_err("a device");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "nothing blocked"
+        );
+
+        let big = tmp.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_STATE_FILE + 1]).expect("write");
+        let e = read_regular(&big, MAX_STATE_FILE).expect_err("too long");
+        assert!(e.to_string().contains("longer than"), "{e}");
+        std::fs::write(&big, vec![b'x'; MAX_STATE_FILE]).expect("write");
+        assert_eq!(
+            read_regular(&big, MAX_STATE_FILE)
+                .expect("at the cap")
+                .len(),
+            MAX_STATE_FILE
+        );
+
+        // Through a held directory too: a symlink in the last component is not followed.
+        let dir = Dir::open(tmp.path().to_path_buf());
+        assert!(dir.is_held());
+        assert!(dir.read("zero").is_err());
+        let started = std::time::Instant::now();
+        let _ = dir.read("state.json");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "a FIFO read through a held directory does not block"
+        );
     }
 
     #[test]

@@ -204,3 +204,46 @@ async fn the_host_is_never_shown_and_contested_processes_are_served_to_nobody() 
     drop((own, hostnet, web));
     agent.shutdown().await;
 }
+
+/// What root on the node (or a bug) can plant in a state root: a FIFO where `state.json`
+/// should be (it blocked discovery for good), a symlink to `/dev/zero` (the agent read
+/// until it was killed at 1 GiB), a state file of 5 MiB. None stops a scan: a container
+/// started after them is found, and the planted entries are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_fifos_devices_and_floods_never_stop_discovery() {
+    let runc = Runc::new();
+    let root = runc.state_root();
+    for name in ["fifo", "zero", "big"] {
+        std::fs::create_dir_all(root.join(name)).expect("mkdir");
+    }
+    let made = Command::new("mkfifo")
+        .arg(root.join("fifo/state.json"))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", root.join("zero/state.json")).expect("symlink");
+    std::fs::write(root.join("big/state.json"), vec![b' '; 5 << 20]).expect("write");
+
+    let pki = agent::pki();
+    let agent = Agent::start(agent::agent_config(&pki, root, ""))
+        .await
+        .expect("agent starts");
+    let addr = agent.local_addr();
+    let client = pki.proxy_client();
+    let first = runc.run(ContainerSpec::new("after-the-fifo"));
+    let start = Instant::now();
+    while listed(&client, addr).await != ["after-the-fifo"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a container started after the planted files was never found: {:?}",
+            listed(&client, addr).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = get(&client, addr, "/v1/instances/after-the-fifo/metrics", &[])
+        .await
+        .expect("scrape");
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(first);
+    agent.shutdown().await;
+}

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::{cgroups_of, live_start, Discovered, Source};
 use crate::host::Host;
+use crate::kernel_file::{read_regular, MAX_STATE_FILE};
 
 /// The parts of crun's `status` the agent uses.
 #[derive(Debug, Deserialize)]
@@ -55,14 +56,14 @@ impl CrunSource {
 
     fn read_one(&self, host: &Host, dir: &Path) -> Option<Discovered> {
         let id = dir.file_name()?.to_str()?.to_string();
-        let status = parse(&std::fs::read(dir.join("status")).ok()?)
+        let status = parse(&read_regular(&dir.join("status"), MAX_STATE_FILE).ok()?)
             .map_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "unreadable crun status"))
             .ok()?;
         let start = live_start(host, status.pid, status.process_start_time)?;
         let config: BundleConfig = status
             .bundle
             .as_ref()
-            .and_then(|b| std::fs::read(Path::new(b).join("config.json")).ok())
+            .and_then(|b| read_regular(&Path::new(b).join("config.json"), MAX_STATE_FILE).ok())
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
         Some(Discovered {

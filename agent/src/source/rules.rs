@@ -211,7 +211,7 @@ fn cgroups_at(host: &Host, rel: &str, pid: u32) -> Option<crate::cgroup::CgroupP
 /// (where a booted systemd guest keeps pid 1), else of any sub-cgroup (netdata's rule).
 fn first_pid(dir: &Path, depth: usize) -> Option<u32> {
     for candidate in [dir.to_path_buf(), dir.join("init.scope")] {
-        if let Ok(text) = std::fs::read_to_string(candidate.join("cgroup.procs")) {
+        if let Ok(text) = crate::kernel_file::read(&candidate.join("cgroup.procs")) {
             if let Some(pid) = text.lines().find_map(|l| l.trim().parse().ok()) {
                 return Some(pid);
             }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{live_start, Discovered, Source};
 use crate::cgroup::CgroupPaths;
 use crate::host::Host;
+use crate::kernel_file::MAX_STATE_FILE;
 
 /// The parts of `state.json` the agent uses.
 #[derive(Debug, Deserialize)]
@@ -71,7 +72,14 @@ impl RuncSource {
     }
 
     fn read_one(&self, host: &Host, file: &Path) -> Option<Discovered> {
-        let bytes = std::fs::read(file).ok()?;
+        let bytes = match crate::kernel_file::read_regular(file, MAX_STATE_FILE) {
+            Ok(b) => b,
+            Err(e) if e.is_gone() => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable runc state");
+                return None;
+            }
+        };
         let state = match parse(&bytes) {
             Ok(s) => s,
             Err(e) => {
