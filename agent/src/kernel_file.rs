@@ -223,15 +223,18 @@ impl Dir {
     /// and `name` is one of the agent's own constants; the open still neither blocks nor
     /// follows a final symlink, and the read is still capped.
     pub fn read(&self, name: &str) -> Result<String, KernelFileError> {
+        text(self.read_bytes(name)?, &self.join(name))
+    }
+
+    /// Reads the whole file `name` as bytes, for files whose text may not be UTF-8
+    /// (`net/dev`: interface names are bytes to the kernel).
+    pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, KernelFileError> {
         let Some(fd) = &self.fd else {
-            return read(&self.join(name));
+            return read_regular(&self.join(name), MAX_KERNEL_FILE);
         };
         let file = rustix::fs::openat(fd, name, open_flags(), rustix::fs::Mode::empty())
             .map_err(|e| io_error(&self.join(name), e.into()))?;
-        text(
-            read_whole(std::fs::File::from(file), &self.join(name), MAX_KERNEL_FILE)?,
-            &self.join(name),
-        )
+        read_whole(std::fs::File::from(file), &self.join(name), MAX_KERNEL_FILE)
     }
 
     /// Reads a file holding one unsigned number.

@@ -311,6 +311,15 @@ impl Api {
             }
             Err(e) => return Err(e.into()),
         };
+        let escaped = snapshot
+            .net
+            .as_ref()
+            .map_or(0, |devs| devs.iter().filter(|d| d.escaped).count());
+        if escaped > 0 {
+            self.telemetry
+                .interface_names_escaped
+                .inc_by(escaped as u64);
+        }
         let format = negotiate(req);
         let view = render::container(
             &snapshot,

@@ -146,6 +146,6 @@ fn slow_facts(host: &Host, t: &Tracked, files: &LimitFiles) -> Slow {
 }
 
 fn read_netdev(proc: &Dir) -> Result<Vec<NetDev>, KernelFileError> {
-    let text = proc.read("net/dev")?;
-    netdev::parse(&text).map_err(|e| KernelFileError::parse(&proc.join("net/dev"), e))
+    let bytes = proc.read_bytes("net/dev")?;
+    netdev::parse_bytes(&bytes).map_err(|e| KernelFileError::parse(&proc.join("net/dev"), e))
 }

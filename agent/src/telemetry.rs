@@ -47,6 +47,8 @@ pub struct Telemetry {
     pub collector_errors: Family<CollectorLabels, Counter>,
     /// Containers known now.
     pub containers: Gauge,
+    /// Interfaces served under an escaped name (theirs was not UTF-8), per scrape.
+    pub interface_names_escaped: Counter,
     /// Processes the last discovery scan refused to track, by reason (set when encoding).
     pub claims_refused: Family<RefusalLabels, Gauge>,
     /// TLS reloads that failed (the old certificates stay in use).
@@ -100,6 +102,12 @@ impl Telemetry {
             "Containers known on this node",
             containers.clone(),
         );
+        let interface_names_escaped = Counter::default();
+        registry.register(
+            "interface_names_escaped",
+            "Interfaces in served views whose kernel name was not UTF-8, shown with \\xNN escapes",
+            interface_names_escaped.clone(),
+        );
         let claims_refused = Family::<RefusalLabels, Gauge>::default();
         registry.register(
             "claims_refused",
@@ -138,6 +146,7 @@ impl Telemetry {
             collection_seconds,
             collector_errors,
             containers,
+            interface_names_escaped,
             claims_refused,
             tls_reload_failures,
             scrapes_refused,

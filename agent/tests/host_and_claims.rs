@@ -247,3 +247,72 @@ async fn planted_fifos_devices_and_floods_never_stop_discovery() {
     drop(first);
     agent.shutdown().await;
 }
+
+/// An interface named with bytes that are not UTF-8 (legal for the kernel) turned off the
+/// container's whole network collector. Now the others are reported and it is shown
+/// escaped, and promtool accepts the view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interface_name_that_is_not_utf8_costs_no_other_interface() {
+    let runc = Runc::new();
+    let net = lookout_testkit::containers::NetPair::new();
+    let out = net.exec_in_a(&[
+        "sh",
+        "-c",
+        "ip link add \"$(printf '\\377\\376q')\" type veth peer name pq",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _c = runc.run(ContainerSpec::new("oddnames").netns(net.ns_a_path()));
+    let pki = agent::pki();
+    let agent = Agent::start(agent::agent_config(&pki, runc.state_root(), ""))
+        .await
+        .expect("agent starts");
+    let client = pki.proxy_client();
+    let r = get(
+        &client,
+        agent.local_addr(),
+        "/v1/instances/oddnames/metrics",
+        &[],
+    )
+    .await
+    .expect("scrape");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        metric(
+            &r.body,
+            "node_scrape_collector_success",
+            &[("collector", "netdev")]
+        ),
+        Some(1.0)
+    );
+    // The label value is `\xff\xfeq`; the exposition escapes its backslashes (and
+    // `metric` compares the escaped text).
+    for device in ["lo", "pq", "\\\\xff\\\\xfeq"] {
+        assert!(
+            metric(
+                &r.body,
+                "node_network_receive_bytes_total",
+                &[("device", device)]
+            )
+            .is_some(),
+            "{device} missing:\n{}",
+            r.body
+        );
+    }
+    lookout_testkit::exposition::promtool_check(&r.body);
+    let own = get(&client, agent.local_addr(), "/metrics", &[])
+        .await
+        .expect("own");
+    assert_eq!(
+        metric(
+            &own.body,
+            "lookout_agent_interface_names_escaped_total",
+            &[]
+        ),
+        Some(1.0)
+    );
+    agent.shutdown().await;
+}
