@@ -137,18 +137,33 @@ impl Statfs {
         }
     }
 
-    /// Stats each mount of [`reported`] for a process whose root is `root`
-    /// (`/proc/<pid>/root`). Local filesystems are stat'ed inline (their statfs answers from
-    /// memory); network and FUSE filesystems, whose servers can stop answering, under the
-    /// deadline.
+    /// Sizes of `mounts`, each resolved **inside** `root` (a container's `/proc/<pid>/root`)
+    /// with `openat2(RESOLVE_IN_ROOT)`: a symlink the tenant plants above a mount point —
+    /// even one to `/` — resolves within the container's root, never into the host's, and
+    /// magic links (`/proc/self/root`) are not followed. Mounts of filesystems that can hang
+    /// are stat'ed under the deadline ([`Statfs::stat`]).
     pub async fn stat_all(&self, root: &Path, mounts: &[Arc<Mount>]) -> Vec<Filesystem> {
+        let root_fd = match open_root(root) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                return mounts
+                    .iter()
+                    .map(|m| Filesystem {
+                        mount: Arc::clone(m),
+                        usage: Err(format!("{}: {e}", root.display())),
+                    })
+                    .collect()
+            }
+        };
         let mut out = Vec::with_capacity(mounts.len());
         for mount in mounts {
-            let path = root.join(mount.mountpoint.trim_start_matches('/'));
+            let rel = relative(&mount.mountpoint);
             let usage = if can_hang(&mount.fstype) {
-                self.stat(path).await
+                let fd = Arc::clone(&root_fd);
+                let key = root.join(&rel);
+                self.guarded(key, move || statfs_in(&fd, &rel)).await
             } else {
-                statfs(&path)
+                statfs_in(&root_fd, &rel)
             };
             out.push(Filesystem {
                 mount: Arc::clone(mount),
@@ -158,23 +173,30 @@ impl Statfs {
         out
     }
 
-    /// One statfs under the deadline. The path counts as stuck from the moment the call
-    /// starts until it returns, so a call abandoned for any reason (its own deadline, or the
-    /// request's) is never started again while it still blocks a thread.
+    /// One statfs of `path` under the deadline (see [`Statfs::guarded`]).
     pub async fn stat(&self, path: PathBuf) -> Result<Usage, String> {
+        let key = path.clone();
+        self.guarded(key, move || statfs(&path)).await
+    }
+
+    /// Runs `call` on a blocking thread under the deadline. `key` counts as stuck from the
+    /// moment the call starts until it returns, so a call abandoned for any reason (its own
+    /// deadline, or the request's) is never started again while it still blocks a thread.
+    async fn guarded(
+        &self,
+        key: PathBuf,
+        call: impl FnOnce() -> Result<Usage, String> + Send + 'static,
+    ) -> Result<Usage, String> {
         {
             let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
-            if !stuck.insert(path.clone()) {
+            if !stuck.insert(key.clone()) {
                 return Err("mount is stuck (an earlier statfs has not returned)".into());
             }
         }
         let stuck = Arc::clone(&self.stuck);
         let call = tokio::task::spawn_blocking(move || {
-            let r = statfs(&path);
-            stuck
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&path);
+            let r = call();
+            stuck.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             r
         });
         match tokio::time::timeout(self.timeout, call).await {
@@ -185,8 +207,45 @@ impl Statfs {
     }
 }
 
+/// A mount point relative to the root it is resolved in (`.` for the root itself).
+fn relative(mountpoint: &str) -> String {
+    match mountpoint.trim_start_matches('/') {
+        "" => ".".to_string(),
+        rel => rel.to_string(),
+    }
+}
+
+/// The container's root directory, held for the resolutions below (following the
+/// `/proc/<pid>/root` magic link is the point of opening it).
+fn open_root(root: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(Into::into)
+}
+
+/// statfs of `rel` resolved as if `root` were `/`.
+fn statfs_in(root: &std::os::fd::OwnedFd, rel: &str) -> Result<Usage, String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let fd = rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| e.to_string())?;
+    usage(rustix::fs::fstatfs(&fd).map_err(|e| e.to_string())?)
+}
+
 fn statfs(path: &std::path::Path) -> Result<Usage, String> {
-    let s = rustix::fs::statfs(path).map_err(|e| e.to_string())?;
+    usage(rustix::fs::statfs(path).map_err(|e| e.to_string())?)
+}
+
+fn usage(s: rustix::fs::StatFs) -> Result<Usage, String> {
     let bsize = s.f_bsize as u64;
     Ok(Usage {
         size: (s.f_blocks as u64).saturating_mul(bsize),

@@ -316,3 +316,93 @@ async fn an_interface_name_that_is_not_utf8_costs_no_other_interface() {
     );
     agent.shutdown().await;
 }
+
+/// A tmpfs mounted on a host temp dir for a test, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount tmpfs");
+        Tmpfs(dir)
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// The size the view reports for the filesystem mounted at `mountpoint`.
+fn fs_size(view: &str, mountpoint: &str) -> Option<f64> {
+    lookout_testkit::exposition::samples(view, "node_filesystem_size_bytes")
+        .into_iter()
+        .find(|(l, _)| l.iter().any(|(k, v)| k == "mountpoint" && v == mountpoint))
+        .map(|(_, v)| v)
+}
+
+/// A tenant replaces the directory above one of its mounts with a symlink to `/`: the
+/// mount list the agent holds still says `/mnt/tmp`, and resolving that through
+/// `/proc/<pid>/root` used to follow the absolute symlink into the **host's** root, so the
+/// view showed the host's `/tmp`. Resolved inside the container's root, it never leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_above_a_mount_never_leads_out_of_the_container() {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let runc = Runc::new();
+    let vol = Tmpfs::new("4m");
+    let c = runc.run(
+        ContainerSpec::new("planter")
+            .rootfs_tmpfs_bytes(16 << 20)
+            .bind(vol.0.path(), "/mnt/tmp"),
+    );
+    let pki = agent::pki();
+    // The mount list is read once per limits_ttl: the planted symlink is resolved against
+    // the list read before it, as it would be for up to a minute by default.
+    let cfg = agent::agent_config(
+        &pki,
+        runc.state_root(),
+        "[collection]\ncache_ttl = \"0s\"\nlimits_ttl = \"1h\"\n",
+    );
+    let agent = Agent::start(cfg).await.expect("agent starts");
+    let client = pki.proxy_client();
+    let path = "/v1/instances/planter/metrics";
+    let before = get(&client, agent.local_addr(), path, &[])
+        .await
+        .expect("scrape");
+    assert_eq!(
+        fs_size(&before.body, "/mnt/tmp"),
+        Some(4.0 * MIB),
+        "{}",
+        before.body
+    );
+
+    let out = c.exec(&["sh", "-c", "mv /mnt /mnt.moved && ln -s / /mnt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host_tmp = rustix::fs::statfs("/tmp").expect("statfs /tmp");
+    let host_tmp = host_tmp.f_blocks as f64 * host_tmp.f_bsize as f64;
+    assert_ne!(
+        host_tmp,
+        16.0 * MIB,
+        "the host's /tmp must differ from the container's root"
+    );
+
+    let after = get(&client, agent.local_addr(), path, &[])
+        .await
+        .expect("scrape");
+    assert_eq!(after.status, 200);
+    // Now `/mnt/tmp` inside the container is its own `/tmp`, on its 16 MiB root (or gone).
+    if let Some(size) = fs_size(&after.body, "/mnt/tmp") {
+        assert_ne!(size, host_tmp, "the host's /tmp was shown:\n{}", after.body);
+        assert_eq!(size, 16.0 * MIB, "{}", after.body);
+    }
+    drop(c);
+    agent.shutdown().await;
+}

@@ -74,18 +74,28 @@ pub fn procfs(data: &[u8]) {
     }
 
     if let Ok(devs) = netdev::parse(&t) {
-        assert_eq!(
-            devs.len(),
-            t.lines().count().saturating_sub(2),
-            "one device per line after the two header lines"
+        assert!(
+            devs.len() <= t.lines().count().saturating_sub(2),
+            "at most one device per line after the two header lines"
         );
+        let mut names: Vec<&str> = devs.iter().map(|d| d.device.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), devs.len(), "device names are unique");
         for d in &devs {
             assert!(
                 !d.device.contains(':'),
                 "device name {:?} has a ':'",
                 d.device
             );
-            assert_eq!(d.device, d.device.trim(), "device name is trimmed");
+            // The kernel's whitespace is ASCII (`isspace`); names are bytes otherwise.
+            assert_eq!(d.device, d.device.trim_ascii(), "device name is trimmed");
+        }
+    }
+    // Bytes that are not UTF-8 in a name never fail the file (they are escaped).
+    if let Ok(devs) = netdev::parse_bytes(data) {
+        for d in devs.iter().filter(|d| d.escaped) {
+            assert!(d.device.contains("\\x"), "escaped name {:?}", d.device);
         }
     }
 
