@@ -245,6 +245,9 @@ fn statfs(path: &std::path::Path) -> Result<Usage, String> {
     usage(rustix::fs::statfs(path).map_err(|e| e.to_string())?)
 }
 
+/// The sizes in a statfs reply. The fields' widths differ between architectures (hence the
+/// casts, needless on x86_64).
+#[allow(clippy::unnecessary_cast)]
 fn usage(s: rustix::fs::StatFs) -> Result<Usage, String> {
     let bsize = s.f_bsize as u64;
     Ok(Usage {
