@@ -132,6 +132,37 @@ async fn a_tenant_scrapes_its_container_through_proxy_and_agent() {
         .get(addr, &format!("nothing.{SUFFIX}"), "/metrics", &[])
         .await;
     assert_eq!(status, 404);
+    // The owner's own mistake in the query is the owner's 400, not a gateway error.
+    let (status, _, body) = tenant
+        .get(addr, &web, "/metrics?collect[]=bogus", &[])
+        .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    // A client cannot speak for the proxy: the tenant and generation headers it sends are
+    // replaced by the proxy's, or dropped where the proxy authorized nothing.
+    let (status, _, _) = tenant
+        .get(
+            addr,
+            &web,
+            "/metrics",
+            &[
+                ("x-lookout-tenant", "globex"),
+                ("x-lookout-generation", "0"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "the proxy's assertion replaces the client's");
+    let (status, _, _) = tenant
+        .get(
+            addr,
+            &format!("theirs.{SUFFIX}"),
+            "/metrics",
+            &[("x-lookout-tenant", "globex")],
+        )
+        .await;
+    assert_eq!(
+        status, 404,
+        "claiming another tenant in a header gets nothing"
+    );
 
     // Compression negotiated once.
     let (status, headers, body) = tenant

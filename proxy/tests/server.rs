@@ -687,3 +687,46 @@ async fn oversized_headers_are_refused() {
     }
     f.proxy.shutdown().await;
 }
+
+/// HEAD on every kind of answer the proxy makes itself (probes, discovery, refusals), over
+/// HTTP/2 and HTTP/1.1, with Debian's curl (deploy/test.sh installs it): no body. A DATA
+/// frame after a HEAD on HTTP/2 is a protocol error (curl exits 92).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_gets_no_body_on_either_protocol() {
+    let f = Fixture::start().await;
+    let port = f.proxy.local_addr().port();
+    let ca = f.path("server-ca.pem");
+    for (path, auth, want) in [
+        ("/_ping", None, "200"),
+        ("/readyz", None, "200"),
+        ("/v1/discover", Some("initech-token"), "200"),
+        ("/v1/sd", Some("initech-token"), "200"),
+        ("/v1/instances/nope/metrics", Some("initech-token"), "404"),
+        ("/v1/discover", None, "401"),
+    ] {
+        for proto in ["--http2", "--http1.1"] {
+            let mut cmd = std::process::Command::new("curl");
+            cmd.args(["-sS", "-I", "--max-time", "10", proto, "--cacert"])
+                .arg(&ca)
+                .arg("--resolve")
+                .arg(format!("{BASE}:{port}:127.0.0.1"))
+                .arg(format!("https://{BASE}:{port}{path}"));
+            if let Some(token) = auth {
+                cmd.arg("-H").arg(format!("authorization: Bearer {token}"));
+            }
+            let out = tokio::task::spawn_blocking(move || cmd.output())
+                .await
+                .expect("join")
+                .expect("curl (deploy/test.sh installs it)");
+            let head = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "HEAD {path} {proto}: curl {:?}: {}{head}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let status = head.split_whitespace().nth(1).unwrap_or_default();
+            assert_eq!(status, want, "HEAD {path} {proto}: {head}");
+        }
+    }
+}

@@ -348,7 +348,8 @@ pub enum UpstreamOutcome {
 }
 
 /// **The** mapping of agent answers and failures to client statuses: a 2xx streams through;
-/// an agent 404 (the instance is gone) is 404; an agent 503/504 keeps its status; any other
+/// an agent 404 (the instance is gone) is 404; an agent 400 (the client's `collect[]` or
+/// `exclude[]`) is 400; an agent 503/504 keeps its status; any other
 /// agent status is 502; a node that cannot be reached is 503, one that does not answer
 /// within the scrape deadline 504, and one that does not speak HTTP 502.
 pub fn map_upstream(result: Result<StatusCode, &UpstreamError>) -> UpstreamOutcome {
@@ -360,6 +361,12 @@ pub fn map_upstream(result: Result<StatusCode, &UpstreamError>) -> UpstreamOutco
     match result {
         Ok(s) if s.is_success() => UpstreamOutcome::Pass,
         Ok(StatusCode::NOT_FOUND) => fail(StatusCode::NOT_FOUND, "not found", "agent_status"),
+        // The only query the agent reads is the client's own (`collect[]`, `exclude[]`).
+        Ok(StatusCode::BAD_REQUEST) => fail(
+            StatusCode::BAD_REQUEST,
+            "bad request: the node agent refused the query (check collect[] and exclude[])",
+            "agent_status",
+        ),
         Ok(StatusCode::SERVICE_UNAVAILABLE) => fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "node agent is overloaded",
@@ -397,7 +404,20 @@ impl State {
     /// Handles one request and records it in the metrics.
     pub(crate) async fn handle(&self, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
-        let (route, tenant, resp) = self.dispatch(conn, &req).await;
+        let (route, tenant, mut resp) = self.dispatch(conn, &req).await;
+        // No body for HEAD, whatever answered: hyper leaves it out on HTTP/1.1 but sends it
+        // as DATA frames on HTTP/2, which clients treat as a protocol error.
+        if req.method() == Method::HEAD {
+            use hyper::body::Body as _;
+            if let Some(n) = resp.body().size_hint().exact() {
+                resp.headers_mut()
+                    .entry(http::header::CONTENT_LENGTH)
+                    .or_insert_with(|| HeaderValue::from(n));
+            }
+            *resp.body_mut() = Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync();
+        }
         let code = resp.status().as_u16();
         self.telemetry
             .requests
@@ -746,7 +766,8 @@ mod tests {
         assert_eq!(status(map_upstream(Ok(s(503)))), Some(503));
         assert_eq!(status(map_upstream(Ok(s(504)))), Some(504));
         assert_eq!(status(map_upstream(Ok(s(500)))), Some(502));
-        assert_eq!(status(map_upstream(Ok(s(400)))), Some(502));
+        assert_eq!(status(map_upstream(Ok(s(400)))), Some(400));
+        assert_eq!(status(map_upstream(Ok(s(401)))), Some(502));
         let unreachable = UpstreamError::Unreachable("refused".into());
         assert_eq!(status(map_upstream(Err(&unreachable))), Some(503));
         assert_eq!(
