@@ -1,7 +1,8 @@
 //! HTTP/1.1 over TLS on loopback, as the proxy's clients and the proxy itself speak it to
 //! agents: a TLS connection with an explicit server name, a kept-alive connection taking
 //! requests one after another, one GET over a fresh connection, and fake TLS servers for
-//! failures a real peer cannot be made to produce on demand.
+//! failures a real peer cannot be made to produce on demand. [`Kept`] is a kept-alive
+//! connection of either protocol, HTTP/2 negotiated by ALPN, as Prometheus's clients use.
 //!
 //! Every wait is bounded ([`TIMEOUT`] unless the caller says otherwise); failures come back as
 //! `Err` strings that start with the step that failed (`connect:`, `tls:`, `handshake:`,
@@ -90,6 +91,102 @@ pub async fn open(
         .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     Ok(send)
+}
+
+/// The protocol of a [`Kept`] connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (ALPN `http/1.1`).
+    Http1,
+    /// HTTP/2 (ALPN `h2`; the server must agree).
+    Http2,
+}
+
+/// A kept-alive connection of either protocol.
+pub enum Kept {
+    /// HTTP/1.1: one request at a time.
+    Http1(Connection),
+    /// HTTP/2.
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Kept {
+    /// A TLS connection for `server_name` speaking `protocol` (ALPN set on a copy of
+    /// `client`; an HTTP/2 connection the server did not agree to is an error).
+    pub async fn open(
+        client: &ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+        protocol: Protocol,
+    ) -> Result<Kept, String> {
+        let mut cfg = client.clone();
+        cfg.alpn_protocols = vec![match protocol {
+            Protocol::Http1 => b"http/1.1".to_vec(),
+            Protocol::Http2 => b"h2".to_vec(),
+        }];
+        let tls = connect(&Arc::new(cfg), addr, server_name, TIMEOUT).await?;
+        match protocol {
+            Protocol::Http1 => {
+                let (send, conn) = http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                tokio::spawn(conn);
+                Ok(Kept::Http1(send))
+            }
+            Protocol::Http2 => {
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err("handshake: the server did not agree to h2".into());
+                }
+                let (send, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    TokioIo::new(tls),
+                )
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+                tokio::spawn(conn);
+                Ok(Kept::Http2(send))
+            }
+        }
+    }
+
+    /// One GET with this Host (`:authority` on HTTP/2) and headers, its body read whole.
+    pub async fn get(
+        &mut self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, String> {
+        match self {
+            Kept::Http1(send) => request(send, host, path, headers).await,
+            Kept::Http2(send) => {
+                let uri = format!("https://{host}{path}");
+                let mut req = http::Request::get(uri);
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+                tokio::time::timeout(TIMEOUT, send.ready())
+                    .await
+                    .map_err(|_| format!("connection not ready within {TIMEOUT:?}"))?
+                    .map_err(|e| format!("connection closed: {e}"))?;
+                let resp = tokio::time::timeout(TIMEOUT, send.send_request(req))
+                    .await
+                    .map_err(|_| "timeout".to_string())?
+                    .map_err(|e| format!("request: {e}"))?;
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+                    .await
+                    .map_err(|_| format!("body not finished within {TIMEOUT:?}"))?
+                    .map(|b| b.to_bytes());
+                Ok(Response {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+        }
+    }
 }
 
 /// One GET on `send` with this Host header; waits for the connection to have finished its
