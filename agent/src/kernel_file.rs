@@ -92,14 +92,14 @@ pub fn read_regular(path: &Path, max: usize) -> Result<Vec<u8>, KernelFileError>
 }
 
 /// Reads an open file to its end, at most `max` bytes (see [`read`] for why one `read`
-/// usually suffices). Longer is an error, not a truncation: a cut-off file would parse as
-/// something it is not.
-fn read_whole(
-    mut file: std::fs::File,
+/// usually suffices: a read that does not fill the buffer is the end, as it is for regular
+/// files and `seq_file`s). Longer is an error, not a truncation: a cut-off file would parse
+/// as something it is not. Public for the `state_file` fuzz target.
+pub fn read_whole(
+    mut file: impl std::io::Read,
     path: &Path,
     max: usize,
 ) -> Result<Vec<u8>, KernelFileError> {
-    use std::io::Read;
     let mut buf = vec![0u8; 4096.min(max + 1)];
     let mut len = 0;
     loop {

@@ -202,10 +202,31 @@ const NAMING: Target = Target {
     dictionary: &[],
 };
 
-const TARGETS: [&Target; 6] = [
+const STATE_FILE: Target = Target {
+    name: "state_file",
+    run: harness::state_file,
+    seeds: seeds!("state_file":
+        "crun_status",
+        "runc_state_at_cap",
+        "runc_state_past_cap",
+        "runc_state_within_cap",
+    ),
+    extra: &[
+        b"",
+        b"\x00\x00\x00",
+        b"\x00\x00\x01x",
+        b"\x00\x01\x01x",
+        b"\x1f\xff\x04{}",
+        b"\xff\xff\x00{}",
+    ],
+    dictionary: &[],
+};
+
+const TARGETS: [&Target; 7] = [
     &PROCFS,
     &CGROUPFS,
     &RUNTIME_STATE,
+    &STATE_FILE,
     &HTTP_INPUTS,
     &CONFIG,
     &NAMING,
@@ -224,6 +245,11 @@ fn cgroupfs_parsers_never_panic() {
 #[test]
 fn runtime_state_parsers_never_panic() {
     exercise(&RUNTIME_STATE);
+}
+
+#[test]
+fn state_file_reads_stop_at_their_cap() {
+    exercise(&STATE_FILE);
 }
 
 #[test]

@@ -13,7 +13,8 @@
 //! string the agent can see (and more). JSON parsers get the raw bytes, as the agent does.
 //!
 //! Everything here is pure: nothing touches the filesystem (`CgroupPaths::from_proc` and
-//! `AgentConfig::problems` do, and are left out).
+//! `AgentConfig::problems` do, and are left out; the state-file reader reads a simulated
+//! file).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -399,3 +400,56 @@ fn check_id(preferred: Option<&str>, runtime_id: &str) {
         );
     }
 }
+
+/// The state-file reader's limits (`kernel_file::read_whole`, behind `read_regular` for
+/// `state.json`, crun's `status`, OCI `config.json`, and every kernel file): the first two
+/// bytes are the cap (big-endian, below 8 KiB), the third picks how often the simulated file
+/// is interrupted (`EINTR`), the rest is the file. A file within the cap reads back exactly;
+/// one past it is refused, never truncated; then the bytes read go to the state parsers.
+pub fn state_file(data: &[u8]) {
+    if data.len() < 3 {
+        return;
+    }
+    let max = usize::from(u16::from_be_bytes([data[0], data[1]]) % 8192);
+    // Never every call: a read that is always interrupted never ends, in the kernel too.
+    let every = [0, 2, 3, 4][usize::from(data[2] % 4)];
+    let content = &data[3..];
+    let file = Interrupting {
+        rest: content,
+        every,
+        calls: 0,
+    };
+    match kernel_file::read_whole(file, Path::new("state.json"), max) {
+        Ok(bytes) => {
+            assert!(content.len() <= max, "{} bytes read past a cap of {max}", content.len());
+            assert_eq!(bytes, content, "a file within the cap reads back exactly");
+            runtime_state(&bytes);
+        }
+        Err(e) => {
+            assert!(content.len() > max, "a file of {} bytes within {max}: {e}", content.len());
+            assert!(e.to_string().contains("longer than"), "{e}");
+        }
+    }
+}
+
+/// A regular file as `read(2)` serves it: each read fills the buffer unless the file ends,
+/// and every `every`-th call (when not 0) is interrupted first.
+struct Interrupting<'a> {
+    rest: &'a [u8],
+    every: usize,
+    calls: usize,
+}
+
+impl std::io::Read for Interrupting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.every != 0 && self.calls.is_multiple_of(self.every) {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = buf.len().min(self.rest.len());
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        Ok(n)
+    }
+}
+

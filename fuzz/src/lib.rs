@@ -9,8 +9,8 @@
 //! compiled, on stable Rust, into that crate's `tests/parsers_never_panic.rs` (`#[path]`),
 //! which runs it in every CI run over the seed corpora plus deterministic mutations. The
 //! agent's tests cannot depend on the proxy, so one file could not serve both:
-//! - [`agent`]: procfs, cgroupfs, runtime state, the agent's HTTP inputs and config, instance
-//!   naming — shadowed by `agent/tests/parsers_never_panic.rs`;
+//! - [`agent`]: procfs, cgroupfs, runtime state and the state-file reader's limits, the
+//!   agent's HTTP inputs and config, instance naming — shadowed by `agent/tests/parsers_never_panic.rs`;
 //! - [`proxy`]: Host/SNI routing, the tenants file, credentials (bearer tokens, key
 //!   fingerprints, SSH keys, certificates) and discovery queries — shadowed by
 //!   `proxy/tests/parsers_never_panic.rs`.
@@ -21,5 +21,5 @@
 pub mod agent;
 pub mod proxy;
 
-pub use agent::{cgroupfs, config, http_inputs, naming, procfs, runtime_state};
+pub use agent::{cgroupfs, config, http_inputs, naming, procfs, runtime_state, state_file};
 pub use proxy::{credentials, host_sni, sd_query, tenants_file};

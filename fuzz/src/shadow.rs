@@ -24,10 +24,11 @@ const MAX_LEN: usize = 8 * 1024;
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The fuzz targets shadowed by `agent/tests/parsers_never_panic.rs`.
-pub const AGENT_TARGETS: [&str; 6] = [
+pub const AGENT_TARGETS: [&str; 7] = [
     "procfs",
     "cgroupfs",
     "runtime_state",
+    "state_file",
     "http_inputs",
     "config",
     "naming",
