@@ -178,9 +178,11 @@ NE_URL="http://127.0.0.1:$NE_PORT"
 HTTP=${HTTP:-1.1}
 case "$HTTP" in 1.1 | 2) ;; *) die "HTTP must be 1.1 or 2, not '$HTTP'" ;; esac
 
-# Arguments that make curl a valid client of the agent.
+# Arguments that make curl a valid client of the agent: the proxy's certificate, and the
+# tenant a proxy would say it authorized (the agent serves an instance only to its owner;
+# every bench container is the tenant `bench`'s).
 agent_curl_args() {
-  echo "--http$HTTP --cacert $BENCH_TMP/ca.pem --cert $BENCH_TMP/client.pem --key $BENCH_TMP/client-key.pem"
+  echo "--http$HTTP --cacert $BENCH_TMP/ca.pem --cert $BENCH_TMP/client.pem --key $BENCH_TMP/client-key.pem -Hx-lookout-tenant:bench"
 }
 
 # agent_get PATH: one request to the agent, body on stdout.

@@ -194,6 +194,8 @@ http {
       proxy_pass https://agent;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      # What lookout's proxy asserts for the tenant it authorized; here, the bench tenant.
+      proxy_set_header x-lookout-tenant bench;
       proxy_ssl_certificate $BENCH_TMP/client.pem;
       proxy_ssl_certificate_key $BENCH_TMP/client-key.pem;
       proxy_ssl_trusted_certificate $BENCH_TMP/ca.pem;
