@@ -239,7 +239,11 @@ fn churn_loop(runc: Arc<Runc>, stop: Arc<AtomicBool>, swaps: Arc<AtomicU64>) {
         if let Some(c) = current.take() {
             c.remove();
         }
-        let tenant = if i.is_multiple_of(2) { "acme" } else { "globex" };
+        let tenant = if i.is_multiple_of(2) {
+            "acme"
+        } else {
+            "globex"
+        };
         current = Some(runc.run(spec("churn", tenant)));
         swaps.fetch_add(1, Ordering::Relaxed);
         i += 1;

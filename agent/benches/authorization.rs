@@ -55,9 +55,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| authorization::check(black_box(&h), black_box(&i)))
     });
     g.bench_function("format_negotiation", |b| {
-        b.iter(|| {
-            Format::negotiate(black_box(&h).get("accept").and_then(|v| v.to_str().ok()))
-        })
+        b.iter(|| Format::negotiate(black_box(&h).get("accept").and_then(|v| v.to_str().ok())))
     });
     g.bench_function("gzip_negotiation", |b| {
         b.iter(|| {

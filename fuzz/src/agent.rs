@@ -421,12 +421,20 @@ pub fn state_file(data: &[u8]) {
     };
     match kernel_file::read_whole(file, Path::new("state.json"), max) {
         Ok(bytes) => {
-            assert!(content.len() <= max, "{} bytes read past a cap of {max}", content.len());
+            assert!(
+                content.len() <= max,
+                "{} bytes read past a cap of {max}",
+                content.len()
+            );
             assert_eq!(bytes, content, "a file within the cap reads back exactly");
             runtime_state(&bytes);
         }
         Err(e) => {
-            assert!(content.len() > max, "a file of {} bytes within {max}: {e}", content.len());
+            assert!(
+                content.len() > max,
+                "a file of {} bytes within {max}: {e}",
+                content.len()
+            );
             assert!(e.to_string().contains("longer than"), "{e}");
         }
     }
@@ -452,4 +460,3 @@ impl std::io::Read for Interrupting<'_> {
         Ok(n)
     }
 }
-
