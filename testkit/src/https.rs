@@ -159,54 +159,38 @@ impl Kept {
         match self {
             Kept::Http1(send) => request(send, host, path, headers).await,
             Kept::Http2(send) => {
-                let uri = format!("https://{host}{path}");
-                let mut req = http::Request::get(uri);
-                for (k, v) in headers {
-                    req = req.header(*k, *v);
-                }
-                let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-                tokio::time::timeout(TIMEOUT, send.ready())
-                    .await
-                    .map_err(|_| format!("connection not ready within {TIMEOUT:?}"))?
-                    .map_err(|e| format!("connection closed: {e}"))?;
-                let resp = tokio::time::timeout(TIMEOUT, send.send_request(req))
-                    .await
-                    .map_err(|_| "timeout".to_string())?
-                    .map_err(|e| format!("request: {e}"))?;
-                let status = resp.status().as_u16();
-                let headers = resp.headers().clone();
-                let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
-                    .await
-                    .map_err(|_| format!("body not finished within {TIMEOUT:?}"))?
-                    .map(|b| b.to_bytes());
-                Ok(Response {
-                    status,
-                    headers,
-                    body,
-                })
+                let req = build(http::Request::get(format!("https://{host}{path}")), headers)?;
+                ready(send.ready()).await?;
+                answer(send.send_request(req)).await
             }
         }
     }
 }
 
-/// One GET on `send` with this Host header; waits for the connection to have finished its
-/// last request first.
-pub async fn request(
-    send: &mut Connection,
-    host: &str,
-    path: &str,
+/// The request with `headers` added, and no body.
+fn build(
+    mut req: http::request::Builder,
     headers: &[(&str, &str)],
-) -> Result<Response, String> {
-    let mut req = http::Request::get(path).header("host", host);
+) -> Result<http::Request<Empty<Bytes>>, String> {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    tokio::time::timeout(TIMEOUT, send.ready())
+    req.body(Empty::new()).map_err(|e| e.to_string())
+}
+
+/// Waits (bounded) for a connection to take the next request.
+async fn ready(ready: impl Future<Output = Result<(), hyper::Error>>) -> Result<(), String> {
+    tokio::time::timeout(TIMEOUT, ready)
         .await
         .map_err(|_| format!("connection not ready within {TIMEOUT:?}"))?
-        .map_err(|e| format!("connection closed: {e}"))?;
-    let resp = tokio::time::timeout(TIMEOUT, send.send_request(req))
+        .map_err(|e| format!("connection closed: {e}"))
+}
+
+/// The answer to a sent request, its body read whole (each step bounded).
+async fn answer(
+    sent: impl Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>>,
+) -> Result<Response, String> {
+    let resp = tokio::time::timeout(TIMEOUT, sent)
         .await
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| format!("request: {e}"))?;
@@ -221,6 +205,19 @@ pub async fn request(
         headers,
         body,
     })
+}
+
+/// One GET on `send` with this Host header; waits for the connection to have finished its
+/// last request first.
+pub async fn request(
+    send: &mut Connection,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response, String> {
+    let req = build(http::Request::get(path).header("host", host), headers)?;
+    ready(send.ready()).await?;
+    answer(send.send_request(req)).await
 }
 
 /// One GET over a fresh connection: TLS for `server_name`, then `Host: host`.
