@@ -485,15 +485,24 @@ async fn only_operator_ca_clients_are_served_and_certificates_reload() {
     agent.shutdown().await;
 }
 
+/// Eight scrapes that provably overlap share one collection: the container has a mount
+/// whose statfs hangs, so its first collection takes the whole 2 s `statfs_timeout`, and the
+/// other seven arrive while it runs. Without the per-container single-flight lock each
+/// would collect (eight misses).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_scrapes_share_one_collection() {
+    let hung = HungFs::mount();
     let runc = Runc::new();
-    let _c = runc.run(ContainerSpec::new("shared").memory_limit(32 * MIB));
+    let _c = runc.run(
+        ContainerSpec::new("shared")
+            .memory_limit(32 * MIB)
+            .bind(hung.dir.path(), "/data"),
+    );
     let pki = agent::pki();
     let cfg = agent::agent_config(
         &pki,
         runc.state_root(),
-        "[collection]\ncache_ttl = \"30s\"\n",
+        "[collection]\ncache_ttl = \"30s\"\nstatfs_timeout = \"2s\"\n",
     );
     let agent = Agent::start(cfg).await.expect("agent starts");
     let addr = agent.local_addr();
@@ -505,14 +514,26 @@ async fn concurrent_scrapes_share_one_collection() {
             .expect("own metrics")
             .body
     };
-    let before = own(client.clone()).await;
-    let misses0 = metric(&before, "lookout_agent_cache_misses_total", &[]).unwrap_or(0.0);
-    let hits0 = metric(&before, "lookout_agent_cache_hits_total", &[]).unwrap_or(0.0);
+    let counters = |text: &str| {
+        (
+            metric(text, "lookout_agent_cache_misses_total", &[]).unwrap_or(0.0),
+            metric(text, "lookout_agent_cache_hits_total", &[]).unwrap_or(0.0),
+            metric(text, "lookout_agent_collection_seconds_count", &[]).unwrap_or(0.0),
+        )
+    };
+    let before = counters(&own(client.clone()).await);
+    // What a proxy would send, looked up once so that the eight requests start together.
+    let asserted = agent::owner_of(&client, addr, "shared")
+        .await
+        .expect("list");
+    let start = Instant::now();
     let scrapes: Vec<_> = (0..8)
         .map(|_| {
             let c = client.clone();
+            let h = asserted.clone();
             tokio::spawn(async move {
-                get(&c, addr, "/v1/instances/shared/metrics", &[])
+                let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                agent::get_as_is(&c, addr, "/v1/instances/shared/metrics", &h)
                     .await
                     .expect("scrape")
             })
@@ -521,16 +542,19 @@ async fn concurrent_scrapes_share_one_collection() {
     let mut bodies = Vec::new();
     for s in scrapes {
         let r = s.await.expect("task");
-        assert_eq!(r.status, 200);
+        assert_eq!(r.status, 200, "{}", r.body);
         bodies.push(r.body);
     }
-    let after = own(client.clone()).await;
-    let misses = metric(&after, "lookout_agent_cache_misses_total", &[]).expect("misses") - misses0;
-    let hits = metric(&after, "lookout_agent_cache_hits_total", &[]).expect("hits") - hits0;
+    let took = start.elapsed();
+    let after = counters(&own(client.clone()).await);
     assert_eq!(
-        (misses, hits),
-        (1.0, 7.0),
-        "8 concurrent scrapes, one collection"
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+        (1.0, 7.0, 1.0),
+        "8 overlapping scrapes: one miss, seven hits, one collection"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "one statfs timeout (2 s) for all eight, not one each: {took:?}"
     );
     let times: Vec<_> = bodies
         .iter()
