@@ -1,0 +1,133 @@
+//! A frozen agent through the proxy (needs root, `runc` and `busybox-static`; deploy/test.sh
+//! installs them): `lookout agent` as a real process, stopped with SIGSTOP while the proxy
+//! holds a kept-alive connection to it — an agent that accepts and never answers, as a node
+//! under memory pressure does. A tenant's scrape must end in 504 at the deadline its
+//! `X-Prometheus-Scrape-Timeout-Seconds` states (not at the proxy's default, not at once), and
+//! at the proxy's `scrape_timeout` without the header; once the agent runs again, the same
+//! proxy serves it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lookout_proxy::config::ProxyConfig;
+use lookout_proxy::server::Proxy;
+use lookout_testkit::containers::{ContainerSpec, Runc};
+use lookout_testkit::https::{Kept, Protocol};
+use lookout_testkit::net::free_port;
+use lookout_testkit::pki::{Pki, BASE as SUFFIX};
+
+/// How late after its deadline an answer may come on a loaded 2-core machine.
+const MARGIN: Duration = Duration::from_millis(1500);
+
+/// The agent process, killed (and continued first, if stopped) on drop.
+struct AgentProcess(Child);
+
+impl AgentProcess {
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("signal the agent");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::Cont);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_is_504_at_the_scrapes_own_deadline() {
+    let runc = Runc::new();
+    let _web = runc.run(ContainerSpec::new("web").annotation("lookout.tenant", "acme"));
+    let pki = Pki::new("lookout-frozen-");
+    pki.write("tenants.toml", "[[tenant]]\nname = \"acme\"\n");
+    let port = free_port();
+    let agent_toml = pki.write(
+        "agent.toml",
+        &pki.agent_toml(runc.state_root())
+            .node_id("node-a")
+            .listen(&format!("127.0.0.1:{port}"))
+            .render(),
+    );
+    let agent = AgentProcess(
+        Command::new(env!("CARGO_BIN_EXE_lookout"))
+            .args(["agent", "--config"])
+            .arg(&agent_toml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn lookout agent"),
+    );
+    // The connect deadline is longer than any scrape's: the scrape deadline must be what
+    // ends the request.
+    let config = pki
+        .proxy_toml()
+        .upstream("connect_timeout = \"20s\"")
+        .upstream("scrape_timeout = \"2s\"")
+        .agents(&[format!("127.0.0.1:{port}")], ("100ms", "500ms"))
+        .render();
+    let proxy = Proxy::start(ProxyConfig::parse(&config).expect("proxy config"))
+        .await
+        .expect("proxy starts");
+    let addr = proxy.local_addr();
+    let client = pki.tenant_client(Some(&pki.acme));
+    let web = format!("web.{SUFFIX}");
+    let host = format!("{web}:{}", addr.port());
+    let scrape = |headers: &'static [(&'static str, &'static str)]| {
+        let (client, web, host) = (client.clone(), web.clone(), host.clone());
+        async move {
+            let mut c = Kept::open(&client, addr, &web, Protocol::Http1)
+                .await
+                .expect("connect to the proxy");
+            let start = Instant::now();
+            let r = c.get(&host, "/metrics", headers).await.expect("an answer");
+            (r.status, start.elapsed(), r.text())
+        }
+    };
+
+    // Served, so the proxy keeps a pooled connection to the agent.
+    let start = Instant::now();
+    loop {
+        let (status, _, _) = scrape(&[]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never served: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    agent.signal(rustix::process::Signal::Stop);
+    let (status, took, body) = scrape(&[("x-prometheus-scrape-timeout-seconds", "3")]).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(3) + MARGIN,
+        "504 after {took:?}, not at the scrape's own 3 s deadline"
+    );
+    let (status, took, body) = scrape(&[]).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(2) + MARGIN,
+        "504 after {took:?}, not at scrape_timeout (2 s)"
+    );
+
+    agent.signal(rustix::process::Signal::Cont);
+    let start = Instant::now();
+    loop {
+        let (status, _, _) = scrape(&[]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not served again after SIGCONT: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.shutdown().await;
+    drop(agent);
+}
