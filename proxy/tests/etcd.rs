@@ -57,7 +57,7 @@ impl EtcdProxy {
                 r#"[inventory]
 source = "etcd"
 endpoints = ["{endpoint}"]
-lease_ttl = "2s"
+lease_ttl = "60s"
 connect_timeout = "2s"
 request_timeout = "2s"
 backoff = {{ min = "100ms", max = "500ms" }}
@@ -182,27 +182,33 @@ async fn proxies_serve_etcd_count_each_other_and_ride_out_an_outage() {
     .await;
     assert_eq!(p1.passes("t2").await, BURST.div_ceil(2));
 
-    // A replica stopping cleanly revokes its key: the other takes the whole share.
-    p2.proxy.shutdown().await;
-    wait_for("1 replica", async || p1.replicas() == Some(1.0)).await;
-
-    // etcd down: the inventory stays, /readyz says what is wrong, the count stays.
+    // etcd down with both replicas up: the inventory stays, /readyz says what is wrong, and
+    // each keeps counting 2 — not the default of 1 a reset would give.
     etcd.stop();
-    wait_for("the outage in /readyz", async || {
-        let (status, body) = p1.get("/readyz", None).await;
-        status == 200 && body.contains("source failing: etcd")
-    })
-    .await;
-    let (status, body) = p1.get("/v1/discover", Some("t1")).await;
-    assert_eq!(status, 200);
-    assert!(body.contains("web-1"), "{body}");
-    assert_eq!(p1.replicas(), Some(1.0));
+    for p in [&p1, &p2] {
+        wait_for("the outage in /readyz", async || {
+            let (status, body) = p.get("/readyz", None).await;
+            status == 200 && body.contains("source failing: etcd")
+        })
+        .await;
+        let (status, body) = p.get("/v1/discover", Some("t1")).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("web-1"), "{body}");
+        assert_eq!(p.replicas(), Some(2.0), "the count stays through the outage");
+    }
 
     // etcd back: ready again.
     etcd.restart();
-    wait_for("ready again", async || {
-        p1.get("/readyz", None).await == (200, "ready\n".into())
-    })
-    .await;
+    for p in [&p1, &p2] {
+        wait_for("ready again", async || {
+            p.get("/readyz", None).await == (200, "ready\n".into())
+        })
+        .await;
+    }
+
+    // A replica stopping cleanly revokes its key: the other takes the whole share at once.
+    // The lease is 60 s and the wait at most 15 s, so only the revocation can do it.
+    p2.proxy.shutdown().await;
+    wait_for("1 replica", async || p1.replicas() == Some(1.0)).await;
     p1.proxy.shutdown().await;
 }
