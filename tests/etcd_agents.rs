@@ -102,8 +102,15 @@ backoff = {{ min = "100ms", max = "500ms" }}
 }
 
 /// An agent in this process (see [`agent_toml`]), with the test's [`TTL`].
-async fn start_agent(pki: &Pki, etcd: &Etcd, node: &str, root: &Path, port: u16) -> Agent {
-    let text = agent_toml(pki, etcd, node, root, port, TTL);
+async fn start_agent(
+    pki: &Pki,
+    etcd: &Etcd,
+    node: &str,
+    root: &Path,
+    port: u16,
+    ttl: Duration,
+) -> Agent {
+    let text = agent_toml(pki, etcd, node, root, port, ttl);
     let cfg = AgentConfig::parse(&text).expect("agent config parses");
     let problems = cfg.problems();
     assert!(problems.is_empty(), "agent config problems: {problems:?}");
@@ -191,8 +198,11 @@ async fn agents_register_their_containers_and_leave_on_stop_crash_and_return() {
     let _a1 = runc1.run(spec("etcd-a1"));
     let _b1 = runc2.run(spec("etcd-b1"));
     let (port1, port2) = (free_port(), free_port());
-    let agent1 = start_agent(&pki, &etcd, "node-a", runc1.state_root(), port1).await;
-    let agent2 = start_agent(&pki, &etcd, "node-b", runc2.state_root(), port2).await;
+    // node-a will stop cleanly: with a 60 s lease only its revocation can make it leave
+    // within PROPAGATION (2 s).
+    let long = Duration::from_secs(60);
+    let agent1 = start_agent(&pki, &etcd, "node-a", runc1.state_root(), port1, long).await;
+    let agent2 = start_agent(&pki, &etcd, "node-b", runc2.state_root(), port2, TTL).await;
 
     let mut cfg = EtcdConfig::new(vec![etcd.endpoint()]);
     cfg.backoff.min = Duration::from_millis(100);
@@ -269,7 +279,6 @@ async fn agents_register_their_containers_and_leave_on_stop_crash_and_return() {
 
     // SIGTERM stops the process cleanly: its lease is revoked, so node-a leaves long before
     // the (here 60 s) lease could expire.
-    let long = Duration::from_secs(60);
     let toml = agent_toml(&pki, &etcd, "node-a", runc1.state_root(), port1, long);
     let process = AgentProcess::start(&pki, &toml);
     until(

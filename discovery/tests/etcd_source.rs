@@ -441,7 +441,11 @@ async fn etcd_down_keeps_the_last_inventory_and_its_return_brings_the_changes() 
 async fn the_proxy_count_follows_registered_proxies() {
     let etcd = Etcd::start();
     let src = Source::start(EtcdSource::new(config(&etcd)).expect("source"));
-    let p1 = Running::proxy(config(&etcd), "p1");
+    // p1 stops cleanly: with a 60 s lease, only its revocation can make it leave within
+    // SOON. p2 is killed: its short lease expires.
+    let mut long_lease = config(&etcd);
+    long_lease.lease_ttl = Duration::from_secs(60);
+    let p1 = Running::proxy(long_lease, "p1");
     let p2 = Running::proxy(config(&etcd), "p2");
     let p3 = Running::proxy(config(&etcd), "p3");
     let proxies = |n: usize| {

@@ -194,7 +194,11 @@ async fn proxies_serve_etcd_count_each_other_and_ride_out_an_outage() {
         let (status, body) = p.get("/v1/discover", Some("t1")).await;
         assert_eq!(status, 200);
         assert!(body.contains("web-1"), "{body}");
-        assert_eq!(p.replicas(), Some(2.0), "the count stays through the outage");
+        assert_eq!(
+            p.replicas(),
+            Some(2.0),
+            "the count stays through the outage"
+        );
     }
 
     // etcd back: ready again.
