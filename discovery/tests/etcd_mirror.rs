@@ -80,21 +80,33 @@ async fn follows_its_range_only_and_publishes_changes_only() {
         ],
     )
     .await;
-    // Writes outside the range move the revision, never the snapshot.
+    // An in-range write that changes nothing (a key put again with its value): the mirror
+    // sees it — its revision reaches the put's — and publishes nothing.
     rx.borrow_and_update();
-    let put = c.put("/lookout/nodes/n2", "x", None).await.expect("put");
+    let put = c.put("/lookout/tenants/b", "2", None).await.expect("put");
     let rev = put.header().expect("header").revision();
     let mut st = status.clone();
-    tokio::time::timeout(WAIT, st.wait_for(|s| s.connected))
+    tokio::time::timeout(WAIT, st.wait_for(|s| s.connected && s.revision >= rev))
         .await
-        .expect("connected")
+        .expect("the mirror saw the put")
         .expect("status");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !rx.has_changed().expect("open"),
-        "published without a change"
+        "published a snapshot whose content did not change"
     );
-    assert!(status.borrow().revision <= rev);
+    // A write outside the range is never seen at all: the snapshot stays, and the next
+    // in-range change is the next publish.
+    c.put("/lookout/nodes/n2", "x", None).await.expect("put");
+    c.put("/lookout/tenants/c", "3", None).await.expect("put");
+    until(
+        &mut rx,
+        &[
+            ("/lookout/tenants-config/defaults", "d"),
+            ("/lookout/tenants/b", "2"),
+            ("/lookout/tenants/c", "3"),
+        ],
+    )
+    .await;
     let _ = stop.send(true);
     task.await.expect("mirror stops");
 }
