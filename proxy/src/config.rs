@@ -828,7 +828,7 @@ path = "/inv.toml"
         assert!(has("tls.cert"), "{p:?}");
         assert!(has("tenants_file"), "{p:?}");
         assert!(has("inventory.path"), "{p:?}");
-        assert!(has("limits.replicas"), "{p:?}");
+        assert!(has("limits.replicas must be at least 1"), "{p:?}");
         assert!(has("limits.max_header_bytes"), "{p:?}");
         assert!(has("limits.replicas_dns.name"), "{p:?}");
         assert!(has("limits.replicas_dns.refresh"), "{p:?}");
