@@ -160,8 +160,21 @@ mod tests {
     #[test]
     fn probes_this_host() {
         let h = Host::probe(&Roots::default()).expect("host /proc readable");
-        assert!(h.cpus >= 1);
-        assert!(h.mem_total > 1 << 20);
+        // The very numbers the kernel states: MemTotal in bytes (kB × 1024), one CPU per
+        // `cpuN` line of /proc/stat.
+        let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+        let kb: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("MemTotal");
+        assert_eq!(h.mem_total, kb * 1024);
+        let stat = std::fs::read_to_string("/proc/stat").expect("stat");
+        let cpus = stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count();
+        assert_eq!(h.cpus, cpus);
         assert!(h.boot_time > 1_000_000_000);
         assert_eq!(h.uname.sysname, "Linux");
         assert!(h.uptime() > 0.0);
