@@ -393,9 +393,13 @@ mod tests {
         let exact = dir.path().join("exact");
         std::fs::write(&exact, "x".repeat(4096)).expect("write");
         assert_eq!(read(&exact).expect("read").len(), 4096);
-        // A procfs seq_file over one page, read in one piece.
-        let mounts = read(Path::new("/proc/self/mountinfo")).expect("mountinfo");
-        assert!(crate::mountinfo::parse(&mounts).is_ok());
+        // A procfs seq_file of many pages (the kernel's symbol table, megabytes, stable
+        // between two reads), read whole: every line, not the first buffer's worth.
+        let symbols = Path::new("/proc/kallsyms");
+        let ours = read(symbols).expect("kallsyms");
+        assert!(ours.len() > 64 * 4096, "{} bytes", ours.len());
+        let std_read = std::fs::read_to_string(symbols).expect("kallsyms");
+        assert_eq!(ours.lines().count(), std_read.lines().count());
     }
 
     /// Serialises the tests that count descriptors or change the budget: both are
