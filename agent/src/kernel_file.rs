@@ -70,10 +70,8 @@ fn open_flags() -> rustix::fs::OFlags {
 /// are), so no FIFO, device or symlink planted in its place can stall or flood the agent;
 /// read up to [`MAX_KERNEL_FILE`].
 ///
-/// For a file that fits the buffer, one `read`: no `stat` for a size hint (kernel files
-/// report size 0 or 4096 anyway), and no second `read` to see end of file. procfs and
-/// cgroupfs files are `seq_file`s, which fill a read until the caller's buffer is full or
-/// the content ends — so a short read is the end.
+/// No `stat` for a size hint (kernel files report size 0 or 4096 anyway); reads go on
+/// until one returns nothing (see [`read_whole`] for why a short read is not the end).
 pub fn read(path: &Path) -> Result<String, KernelFileError> {
     text(read_regular(path, MAX_KERNEL_FILE)?, path)
 }
@@ -91,10 +89,14 @@ pub fn read_regular(path: &Path, max: usize) -> Result<Vec<u8>, KernelFileError>
     read_whole(std::fs::File::from(fd), path, max)
 }
 
-/// Reads an open file to its end, at most `max` bytes (see [`read`] for why one `read`
-/// usually suffices: a read that does not fill the buffer is the end, as it is for regular
-/// files and `seq_file`s). Longer is an error, not a truncation: a cut-off file would parse
-/// as something it is not. Public for the `state_file` fuzz target.
+/// Reads an open file to its end — until a read returns nothing — at most `max` bytes.
+/// Longer is an error, not a truncation: a cut-off file would parse as something it is not.
+/// Public for the `state_file` fuzz target.
+///
+/// A short read is **not** the end: a `seq_file` of many records (a container's
+/// `mountinfo`, `net/dev`, `cgroup.procs`) hands out about one page per read, however large
+/// the buffer, so stopping at the first short read silently dropped every mount, interface
+/// or task past the first 4 KiB. The closing empty read costs one cheap syscall per file.
 pub fn read_whole(
     mut file: impl std::io::Read,
     path: &Path,
@@ -104,6 +106,7 @@ pub fn read_whole(
     let mut len = 0;
     loop {
         match file.read(&mut buf[len..]) {
+            Ok(0) => break,
             Ok(n) => {
                 len += n;
                 if len > max {
@@ -112,10 +115,9 @@ pub fn read_whole(
                         format!("longer than {max} bytes"),
                     ));
                 }
-                if len < buf.len() {
-                    break;
+                if len == buf.len() {
+                    buf.resize((buf.len() * 2).min(max + 1), 0);
                 }
-                buf.resize((buf.len() * 2).min(max + 1), 0);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // A FIFO or socket with nothing to read, opened non-blocking.

@@ -715,3 +715,84 @@ async fn a_changed_quota_shows_within_limits_ttl() {
     .await;
     agent.shutdown().await;
 }
+
+/// procfs hands out a many-record file (`mountinfo`, `net/dev`) about one page per read:
+/// a container with more mounts or interfaces than fit in 4 KiB must still show all of
+/// them (stopping at the first short read dropped everything past the first page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_and_interfaces_past_the_first_page_are_all_reported() {
+    const MOUNTS: usize = 48;
+    const VETH_PAIRS: usize = 24;
+    let net = NetPair::new();
+    let out = net.exec_in_a(&[
+        "sh",
+        "-c",
+        &format!("i=0; while [ $i -lt {VETH_PAIRS} ]; do ip link add pa$i type veth peer name pb$i || exit 1; i=$((i+1)); done"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let volume = tempfile::tempdir().expect("tempdir");
+    let mut spec = ContainerSpec::new("many").netns(net.ns_a_path());
+    for i in 0..MOUNTS {
+        spec = spec.bind(
+            volume.path(),
+            &format!("/volumes/with-a-longish-name-{i:02}"),
+        );
+    }
+    let runc = Runc::new();
+    let c = runc.run(spec);
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid())).expect("mountinfo");
+    assert!(
+        mountinfo.len() > 2 * 4096,
+        "mountinfo is {} bytes",
+        mountinfo.len()
+    );
+    let netdev = std::fs::read_to_string(format!("/proc/{}/net/dev", c.pid())).expect("net/dev");
+    assert!(netdev.len() > 4096, "net/dev is {} bytes", netdev.len());
+
+    let pki = agent::pki();
+    let agent = Agent::start(agent::agent_config(&pki, runc.state_root(), ""))
+        .await
+        .expect("agent starts");
+    let r = get(
+        &pki.proxy_client(),
+        agent.local_addr(),
+        "/v1/instances/many/metrics",
+        &[],
+    )
+    .await
+    .expect("scrape");
+    assert_eq!(r.status, 200, "{}", r.body);
+    for i in 0..MOUNTS {
+        let mp = format!("/volumes/with-a-longish-name-{i:02}");
+        assert!(
+            metric(
+                &r.body,
+                "node_filesystem_size_bytes",
+                &[("mountpoint", &mp)]
+            )
+            .is_some(),
+            "{mp} missing"
+        );
+    }
+    for i in 0..VETH_PAIRS {
+        for side in ["pa", "pb"] {
+            let dev = format!("{side}{i}");
+            assert!(
+                metric(
+                    &r.body,
+                    "node_network_receive_bytes_total",
+                    &[("device", &dev)]
+                )
+                .is_some(),
+                "{dev} missing"
+            );
+        }
+    }
+    drop(c);
+    agent.shutdown().await;
+}
