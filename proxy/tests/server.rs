@@ -159,6 +159,25 @@ token_sha256 = ["{slow}"]
             .expect("request")
     }
 
+    /// The proxy's own metrics, from its admin listener.
+    async fn own_metrics(&self) -> String {
+        let tcp = tokio::net::TcpStream::connect(self.proxy.admin_addr())
+            .await
+            .expect("admin connect");
+        let (mut send, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = http::Request::get("/metrics")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("admin response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     /// A GET on the base name, SNI and Host agreeing.
     async fn base(
         &self,
@@ -517,23 +536,21 @@ async fn triton_discovery_is_gzipped_on_request_and_follows_changes() {
 async fn burst_past_the_tenant_limit_is_429_with_retry_after() {
     let f = Fixture::start().await;
     let auth = [("authorization", "Bearer slow-token")];
-    let mut limited = None;
-    for _ in 0..10 {
+    // Burst 3: exactly three served, then the fourth refused.
+    for i in 0..3 {
         let r = f.base(None, "/v1/discover", &auth).await;
-        if r.status == 429 {
-            limited = Some(r);
-            break;
-        }
-        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
     }
-    let r = limited.expect("429 within 10 requests (burst 3)");
+    let r = f.base(None, "/v1/discover", &auth).await;
+    assert_eq!(r.status, 429, "the fourth request: {}", r.body);
     let retry: u64 = r
         .headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .expect("Retry-After seconds");
-    assert!(retry >= 1);
+    // One token every 100 s (0.01 per second): come back in about 100 s, not at once.
+    assert!((99..=101).contains(&retry), "Retry-After {retry}");
     r.assert_not_json_object();
     // Other tenants are not affected.
     assert_eq!(
@@ -596,21 +613,7 @@ async fn own_metrics_on_the_admin_listener() {
         assert_eq!(r.status, 200);
     }
     assert_eq!(f.base(None, "/v1/discover", &[]).await.status, 401);
-    let tcp = tokio::net::TcpStream::connect(f.proxy.admin_addr())
-        .await
-        .expect("admin connect");
-    let (mut send, conn) = http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = http::Request::get("/metrics")
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = send.send_request(req).await.expect("admin response");
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    let text = f.own_metrics().await;
     for want in [
         r#"lookout_proxy_requests_total{tenant="acme",route="discover",code="2xx"} 2"#,
         r#"lookout_proxy_discovery_renders_total{route="discover"} 1"#,
@@ -633,9 +636,24 @@ async fn tenants_file_reloads_and_a_broken_one_keeps_the_last_good() {
     let auth = [("authorization", "Bearer new-token")];
     assert_eq!(f.base(None, "/v1/discover", &auth).await.status, 401);
 
-    // A broken edit: the old tenants stay in force.
-    std::fs::write(&path, "this is not toml [").expect("write");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A broken edit: it is read and refused (the failure counted), and the old tenants
+    // stay in force.
+    let failures = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("lookout_proxy_tenants_reload_failures_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = failures(&f.own_metrics().await);
+    write_changed(&path, "this is not toml [");
+    let start = std::time::Instant::now();
+    while failures(&f.own_metrics().await) <= before {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the broken tenants file was never read and refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         f.base(Some(&f.pki.acme), "/v1/discover", &[]).await.status,
         200
