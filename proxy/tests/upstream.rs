@@ -184,13 +184,19 @@ async fn sequential_requests_share_one_connection() {
         .expect("get");
     drop(r);
     settle().await;
-    assert!(up.idle_connections() <= 1);
+    let kept = up.idle_connections();
     let r = up
         .get(&addr, "/healthz", &HeaderMap::new(), DEADLINE)
         .await
         .expect("get after a dropped body");
     assert_eq!(r.status(), 200);
     assert_eq!(String::from_utf8_lossy(&body(r).await).trim(), "ok");
+    // Pooled clean, it was reused; closed, a new one was opened — and nothing else.
+    assert_eq!(
+        up.connections_opened(),
+        if kept == 1 { 1 } else { 2 },
+        "{kept} kept after the dropped body"
+    );
     agent.shutdown().await;
 }
 
