@@ -377,8 +377,9 @@ async fn api_formats_errors_and_watch_stream() {
         "{}",
         own.body
     );
-    assert!(
-        own.body.contains("lookout_agent_containers 1"),
+    assert_eq!(
+        metric(&own.body, "lookout_agent_containers", &[]),
+        Some(1.0),
         "{}",
         own.body
     );

@@ -614,17 +614,38 @@ async fn own_metrics_on_the_admin_listener() {
     }
     assert_eq!(f.base(None, "/v1/discover", &[]).await.status, 401);
     let text = f.own_metrics().await;
-    for want in [
-        r#"lookout_proxy_requests_total{tenant="acme",route="discover",code="2xx"} 2"#,
-        r#"lookout_proxy_discovery_renders_total{route="discover"} 1"#,
-        r#"lookout_proxy_auth_failures_total{reason="no_credentials"} 1"#,
-        "lookout_proxy_inventory_instances 5",
-        "lookout_proxy_inventory_nodes 2",
-        "lookout_proxy_inventory_source_up 1",
-        "lookout_proxy_request_seconds_bucket",
+    // Exact values, not substrings ("… 2" would also match 20).
+    for (name, labels, want) in [
+        (
+            "lookout_proxy_requests_total",
+            &[("tenant", "acme"), ("route", "discover"), ("code", "2xx")][..],
+            2.0,
+        ),
+        (
+            "lookout_proxy_discovery_renders_total",
+            &[("route", "discover")],
+            1.0,
+        ),
+        (
+            "lookout_proxy_auth_failures_total",
+            &[("reason", "no_credentials")],
+            1.0,
+        ),
+        ("lookout_proxy_inventory_instances", &[], 5.0),
+        ("lookout_proxy_inventory_nodes", &[], 2.0),
+        ("lookout_proxy_inventory_source_up", &[], 1.0),
+        ("lookout_proxy_inventory_conflicting_instances", &[], 0.0),
     ] {
-        assert!(text.contains(want), "missing {want:?} in\n{text}");
+        assert_eq!(
+            lookout_testkit::exposition::metric(&text, name, labels),
+            Some(want),
+            "{name}{labels:?} in\n{text}"
+        );
     }
+    assert!(
+        text.contains("lookout_proxy_request_seconds_bucket"),
+        "{text}"
+    );
     f.proxy.shutdown().await;
 }
 
