@@ -158,7 +158,9 @@ token_sha256 = [{initech_tokens}]
             .tables(&format!(
                 "[limits]\nmax_connections = {max}\nhandshake_timeout = \"{hs}ms\"\n\
                  header_read_timeout = \"{hr}ms\"\n\
-                 source = {{ per_second = 10000.0, burst = 10000 }}\n",
+                 source = {{ per_second = {sps}, burst = {sb} }}\n",
+                sps = limits.source.0,
+                sb = limits.source.1,
                 max = limits.max_connections,
                 hs = limits.handshake_timeout.as_millis(),
                 hr = limits.header_read_timeout.as_millis(),
@@ -207,6 +209,8 @@ struct Limits {
     handshake_timeout: Duration,
     header_read_timeout: Duration,
     scrape_timeout: Duration,
+    /// Per-source-address rate: (per second, burst).
+    source: (f64, u32),
 }
 
 impl Default for Limits {
@@ -216,6 +220,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             scrape_timeout: Duration::from_secs(10),
+            source: (10000.0, 10000),
         }
     }
 }
@@ -904,5 +909,53 @@ async fn revoked_credentials_are_401_also_on_kept_alive_connections() {
     .await;
     assert_eq!(discover(&mut acme_conn, addr, &[]).await.0, 200);
     assert_eq!(discover(&mut globex_conn, addr, &[]).await.0, 200);
+    proxy.shutdown().await;
+}
+
+/// The per-source limit runs before authentication: anonymous requests from one address
+/// are 429 once its burst is spent (not 401 forever), and then even a tenant with a valid
+/// certificate from that address is refused by it, though its own tenant limit is far off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_limit_is_applied_before_authentication() {
+    let pki = fleet();
+    let limits = Limits {
+        source: (0.01, 6),
+        ..Limits::default()
+    };
+    let proxy = pki
+        .proxy(
+            Inventory::FakeAgent("127.0.0.1:1".parse().expect("addr")),
+            &limits,
+        )
+        .await;
+    let addr = proxy.local_addr();
+    let anonymous = pki.client(None, &[]);
+    let mut statuses = Vec::new();
+    let limited = loop {
+        let r = get(&anonymous, addr, SUFFIX, "/v1/discover", &[])
+            .await
+            .expect("an answer");
+        statuses.push(r.status);
+        if r.status == 429 {
+            break r;
+        }
+        assert_eq!(r.status, 401, "anonymous, before the limit: {statuses:?}");
+        assert!(statuses.len() <= 6, "never limited: {statuses:?}");
+    };
+    let retry: u64 = limited
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((99..=101).contains(&retry), "Retry-After {retry}");
+    let acme = pki.client(Some(&pki.acme), &[]);
+    let r = get(&acme, addr, SUFFIX, "/v1/discover", &[])
+        .await
+        .expect("an answer");
+    assert_eq!(
+        r.status, 429,
+        "the source's limit, before acme is even authenticated"
+    );
     proxy.shutdown().await;
 }
