@@ -62,14 +62,14 @@ const SETTLE: Duration = Duration::from_secs(15);
 /// a temp dir.
 fn fleet() -> Pki {
     let pki = Pki::new("lookout-refusals-");
-    pki.write("tenants.toml", &pki.tenants(Edit::AsIssued));
+    pki.write("tenants.toml", &pki.tenants(&[]));
     pki
 }
 
 /// What these tests set up on top of the PKI.
 trait Setup {
-    fn tenants(&self, edit: Edit) -> String;
-    fn edit_tenants(&self, edit: Edit);
+    fn tenants(&self, edits: &[Edit]) -> String;
+    fn edit_tenants(&self, edits: &[Edit]);
     fn agent_config(&self, runc_root: &Path, listen: &str) -> AgentConfig;
     async fn proxy(&self, inventory: Inventory, limits: &Limits) -> Proxy;
     fn client(&self, identity: Option<&Identity>, alpn: &[&[u8]]) -> Arc<ClientConfig>;
@@ -78,20 +78,24 @@ trait Setup {
 impl Setup for Pki {
     /// The tenants file: `acme` by CA certificate, `globex` by its registered key, `initech`
     /// by token — or with one of them taken away.
-    fn tenants(&self, edit: Edit) -> String {
+    fn tenants(&self, edits: &[Edit]) -> String {
+        let has = |e: Edit| edits.contains(&e);
         let globex_spki = hex(&spki_sha256(self.globex.cert()).expect("spki"));
         let acme_spki = hex(&spki_sha256(self.acme.cert()).expect("spki"));
-        let revoked = match edit {
-            Edit::RevokeAcme => format!("[revoked]\nspki_sha256 = [\"{acme_spki}\"]\n"),
-            _ => String::new(),
+        let revoked = if has(Edit::RevokeAcme) {
+            format!("[revoked]\nspki_sha256 = [\"{acme_spki}\"]\n")
+        } else {
+            String::new()
         };
-        let globex_keys = match edit {
-            Edit::RemoveGlobexKey => String::new(),
-            _ => format!("\"{globex_spki}\""),
+        let globex_keys = if has(Edit::RemoveGlobexKey) {
+            String::new()
+        } else {
+            format!("\"{globex_spki}\"")
         };
-        let initech_tokens = match edit {
-            Edit::RemoveInitechToken => String::new(),
-            _ => format!("\"{}\"", token_hash("initech-token")),
+        let initech_tokens = if has(Edit::RemoveInitechToken) {
+            String::new()
+        } else {
+            format!("\"{}\"", token_hash("initech-token"))
         };
         format!(
             r#"[defaults]
@@ -112,9 +116,9 @@ token_sha256 = [{initech_tokens}]
     }
 
     /// Rewrites the tenants file so that its modification time visibly changes.
-    fn edit_tenants(&self, edit: Edit) {
+    fn edit_tenants(&self, edits: &[Edit]) {
         std::thread::sleep(Duration::from_millis(20));
-        self.write("tenants.toml", &self.tenants(edit));
+        self.write("tenants.toml", &self.tenants(edits));
     }
 
     fn agent_config(&self, runc_root: &Path, listen: &str) -> AgentConfig {
@@ -186,10 +190,10 @@ token_sha256 = [{initech_tokens}]
     }
 }
 
-/// A change to the tenants file.
-#[derive(Clone, Copy)]
+/// A change to the tenants file as issued; the file holds every edit in the list given
+/// (none: as issued).
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Edit {
-    AsIssued,
     RemoveGlobexKey,
     RemoveInitechToken,
     RevokeAcme,
@@ -884,24 +888,32 @@ async fn revoked_credentials_are_401_also_on_kept_alive_connections() {
     );
 
     // The registered key is removed from the tenants file.
-    pki.edit_tenants(Edit::RemoveGlobexKey);
+    pki.edit_tenants(&[Edit::RemoveGlobexKey]);
     until_refused(&globex, addr, &[]).await;
     assert_eq!(discover(&mut globex_conn, addr, &[]).await.0, 401);
 
     // The token is removed.
-    pki.edit_tenants(Edit::RemoveInitechToken);
+    // The edits add up: globex stays without its key.
+    pki.edit_tenants(&[Edit::RemoveGlobexKey, Edit::RemoveInitechToken]);
     until_refused(&anonymous, addr, &token).await;
     assert_eq!(discover(&mut initech_conn, addr, &token).await.0, 401);
 
     // A CA-issued certificate is listed in [revoked]: refused although the CA still vouches
     // for it.
     assert_eq!(discover(&mut acme_conn, addr, &[]).await.0, 200);
-    pki.edit_tenants(Edit::RevokeAcme);
+    pki.edit_tenants(&[
+        Edit::RemoveGlobexKey,
+        Edit::RemoveInitechToken,
+        Edit::RevokeAcme,
+    ]);
     until_refused(&acme, addr, &[]).await;
     assert_eq!(discover(&mut acme_conn, addr, &[]).await.0, 401);
 
-    // Undoing the edit restores access, on the same connections too.
-    pki.edit_tenants(Edit::AsIssued);
+    // Right before the undo, all three are still refused.
+    assert_eq!(discover(&mut globex_conn, addr, &[]).await.0, 401);
+    assert_eq!(discover(&mut initech_conn, addr, &token).await.0, 401);
+    // Undoing the edits restores access, on the same connections too.
+    pki.edit_tenants(&[]);
     eventually("restored", SETTLE, || async {
         let r = get(&acme, addr, SUFFIX, "/v1/discover", &[]).await.ok()?;
         (r.status == 200).then_some(())
@@ -909,6 +921,7 @@ async fn revoked_credentials_are_401_also_on_kept_alive_connections() {
     .await;
     assert_eq!(discover(&mut acme_conn, addr, &[]).await.0, 200);
     assert_eq!(discover(&mut globex_conn, addr, &[]).await.0, 200);
+    assert_eq!(discover(&mut initech_conn, addr, &token).await.0, 200);
     proxy.shutdown().await;
 }
 
