@@ -407,7 +407,45 @@ async fn api_formats_errors_and_watch_stream() {
         (Some("remove"), Some("second"))
     );
 
-    // The container exits by itself: gone, not an error page.
+    // A container whose process exits by itself, runc's state left behind: gone from the
+    // list and 404 (asked with its owner's headers, as the proxy still would), never an
+    // error page, without anyone deleting it.
+    let brief = runc.run(ContainerSpec::new("brief").args(&["sh", "-c", "sleep 2"]));
+    wait_for(
+        "brief to be listed while it runs",
+        Duration::from_secs(5),
+        || {
+            let c = client.clone();
+            async move { instance_ids(&c, addr).await.contains(&"brief".to_string()) }
+        },
+    )
+    .await;
+    let owner = agent::owner_of(&client, addr, "brief").await.expect("list");
+    let owner: Vec<(&str, &str)> = owner.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    wait_for(
+        "brief to be 404 once it exited",
+        Duration::from_secs(10),
+        || {
+            let (c, h) = (client.clone(), owner.clone());
+            async move {
+                agent::get_as_is(&c, addr, "/v1/instances/brief/metrics", &h)
+                    .await
+                    .is_ok_and(|r| r.status == 404)
+            }
+        },
+    )
+    .await;
+    assert!(
+        runc.state_root().join("brief/state.json").exists(),
+        "runc's state is still there: the agent saw the exit, not a deletion"
+    );
+    wait_for("brief to leave the list", Duration::from_secs(5), || {
+        let c = client.clone();
+        async move { !instance_ids(&c, addr).await.contains(&"brief".to_string()) }
+    })
+    .await;
+    drop(brief);
+    // And one removed with runc delete.
     first.remove();
     wait_for("first to be 404", Duration::from_secs(5), || {
         let c = client.clone();
