@@ -415,10 +415,13 @@ token_sha256 = ["{token_hash}"]
         exactly_up(&set(&["e2e-acme-burn", "e2e-acme-new"])),
     );
 
-    // Everything each Prometheus ever stored came from its own containers.
+    // Every target each Prometheus ever scraped was its own container: `up` over the whole
+    // run, so a target that was scraped and later dropped (stale-marked, invisible to an
+    // instant query) counts too. (`up` exists for every scrape, failed or not; a selector
+    // over all node_ names cannot take count_over_time: it drops the names and collides.)
     for (prom, universe, _) in &tenants {
         let seen: BTreeSet<String> = prom
-            .query("count by (instance) ({__name__=~\"node_.+\"})")
+            .query("count by (instance) (count_over_time(up[1h]))")
             .into_iter()
             .filter_map(|(l, _)| l.get("instance").cloned())
             .collect();
