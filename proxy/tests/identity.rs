@@ -273,6 +273,16 @@ fn registered_keys_authenticate_whatever_the_issuer() {
         auth(&w, std::slice::from_ref(&w.carol.der), None),
         who("carol", false, Via::Key)
     );
+    // Bob's registered key in a certificate from a CA nobody configured: the key decides.
+    let other_ca = new_ca("someone else's CA");
+    let bob_key = KeyPair::from_pem(&w.bob.key.serialize_pem()).expect("key");
+    let by_other_ca = client_params("bob-at-work")
+        .signed_by(&bob_key, &other_ca.cert, &other_ca.key)
+        .expect("issue");
+    assert_eq!(
+        auth(&w, &[by_other_ca.der().clone()], None),
+        who("bob", false, Via::Key)
+    );
     let stranger = self_signed("bob");
     assert_eq!(
         auth(&w, &[stranger.der], None),
@@ -294,16 +304,30 @@ fn expiry_is_enforced_for_every_kind_of_certificate() {
     );
     // A self-signed certificate with a registered key: cmon ignored expiry here.
     let bob_key = KeyPair::from_pem(&w.bob.key.serialize_pem()).expect("key");
-    let bob_expired = self_signed_with(expired, bob_key);
+    let bob_expired = self_signed_with(expired.clone(), bob_key);
     assert_eq!(
         auth(&w, &[bob_expired.der], None),
         Err(IdentityError::Expired)
     );
+    // The key registered as an SSH key, in an expired certificate.
+    let carol_key = KeyPair::from_pem(&w.carol.key.serialize_pem()).expect("key");
+    let carol_expired = self_signed_with(expired, carol_key);
+    assert_eq!(
+        auth(&w, &[carol_expired.der], None),
+        Err(IdentityError::Expired)
+    );
     let mut future = client_params("alice");
     future.not_before = rcgen::date_time_ymd(2999, 1, 1);
-    let early = issued(&w.ca, future);
+    let early = issued(&w.ca, future.clone());
     assert_eq!(
         auth(&w, &[early.der], None),
+        Err(IdentityError::NotYetValid)
+    );
+    // A registered key whose certificate is not valid yet.
+    let bob_key = KeyPair::from_pem(&w.bob.key.serialize_pem()).expect("key");
+    let bob_early = self_signed_with(future, bob_key);
+    assert_eq!(
+        auth(&w, &[bob_early.der], None),
         Err(IdentityError::NotYetValid)
     );
 }
@@ -543,7 +567,13 @@ fn handshake_without_a_client_certificate_succeeds_and_is_401_later() {
     let mut s = rustls::ServerConnection::new(server_config(&server_ca)).expect("server");
     handshake(&mut c, &mut s).expect("handshake");
     let chain = s.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
-    assert_eq!(auth(&w, &chain, None), Err(IdentityError::NoCredentials));
+    let refused = auth(&w, &chain, None).expect_err("no credentials");
+    assert_eq!(refused, IdentityError::NoCredentials);
+    // ... which the proxy answers with 401.
+    assert_eq!(
+        lookout_proxy::refusal::status(&lookout_proxy::refusal::Refusal::Identity(refused)).0,
+        401
+    );
 }
 
 #[test]
