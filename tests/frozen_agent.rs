@@ -3,8 +3,9 @@
 //! holds a kept-alive connection to it — an agent that accepts and never answers, as a node
 //! under memory pressure does. A tenant's scrape must end in 504 at the deadline its
 //! `X-Prometheus-Scrape-Timeout-Seconds` states (not at the proxy's default, not at once), and
-//! at the proxy's `scrape_timeout` without the header; once the agent runs again, the same
-//! proxy serves it.
+//! at the proxy's `scrape_timeout` without the header; the proxy's watch of a frozen agent
+//! is called dead after `idle_timeout` and its instances kept (the real part for what the
+//! agents source's unit test fakes); once the agent runs again, the same proxy serves it.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,11 +63,20 @@ async fn a_frozen_agent_is_504_at_the_scrapes_own_deadline() {
     );
     // The connect deadline is longer than any scrape's: the scrape deadline must be what
     // ends the request.
+    // The agents source calls a peer silent for 2 s dead (three heartbeats, 45 s, by
+    // default), keeping its instances.
     let config = pki
         .proxy_toml()
         .upstream("connect_timeout = \"20s\"")
         .upstream("scrape_timeout = \"2s\"")
-        .agents(&[format!("127.0.0.1:{port}")], ("100ms", "500ms"))
+        .tables(&format!(
+            "[inventory]\nsource = \"agents\"\nagents = [\"127.0.0.1:{port}\"]\n\
+             idle_timeout = \"2s\"\nbackoff = {{ min = \"100ms\", max = \"500ms\" }}\n\
+             [inventory.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            pki.path("proxy.pem").display(),
+            pki.path("proxy-key.pem").display(),
+            pki.path("operator-ca.pem").display(),
+        ))
         .render();
     let proxy = Proxy::start(ProxyConfig::parse(&config).expect("proxy config"))
         .await
@@ -114,6 +124,22 @@ async fn a_frozen_agent_is_504_at_the_scrapes_own_deadline() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(2) + MARGIN,
         "504 after {took:?}, not at scrape_timeout (2 s)"
     );
+
+    // By now (5 s frozen) its watch stream is known dead: /readyz says so, and its
+    // instances are still served by discovery (a frozen node is not an empty one).
+    let base = format!("{SUFFIX}:{}", addr.port());
+    let mut c = Kept::open(&client, addr, SUFFIX, Protocol::Http1)
+        .await
+        .expect("connect");
+    let ready = c.get(&base, "/readyz", &[]).await.expect("readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(
+        ready.text().contains("source failing"),
+        "a silent agent is reported: {}",
+        ready.text()
+    );
+    let listed = c.get(&base, "/v1/discover", &[]).await.expect("discover");
+    assert!(listed.text().contains("\"web\""), "{}", listed.text());
 
     agent.signal(rustix::process::Signal::Cont);
     let start = Instant::now();
