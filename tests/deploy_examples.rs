@@ -91,14 +91,38 @@ fn localised(example: &str, dir: &Path) -> (String, PathBuf) {
     (text, dir.join(name))
 }
 
-/// Each option appears as a `key =` line, set or commented out, in the example.
-fn documents_every_option(text: &str, options: &[&str]) {
+/// Each option appears as a `key =` line, set or commented out, inside the example's
+/// `[table]` (up to the next table header), so a key of another table cannot stand in.
+fn documents_every_option(text: &str, table: &str, options: &[&str]) {
+    let header = |l: &str| {
+        let l = l.trim_start_matches(['#', ' ']);
+        l.starts_with('[').then(|| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+    };
+    let mut inside = false;
+    let mut lines = Vec::new();
+    for l in text.lines() {
+        if let Some(h) = header(l) {
+            inside = h == table;
+            continue;
+        }
+        if inside {
+            lines.push(l.trim_start_matches(['#', ' ']));
+        }
+    }
+    assert!(!lines.is_empty(), "the example has no [{table}]");
     for option in options {
-        let documented = text.lines().any(|l| {
-            let l = l.trim_start_matches(['#', ' ']);
-            l.starts_with(&format!("{option} ="))
-        });
-        assert!(documented, "the example does not document `{option}`");
+        let documented = lines.iter().any(|l| l.starts_with(&format!("{option} =")));
+        assert!(
+            documented,
+            "the example does not document `{option}` in [{table}]"
+        );
     }
 }
 
@@ -130,6 +154,7 @@ fn etcd_agent_example_passes_check_config_with_every_default() {
     assert_eq!(etcd.lease_ttl, Duration::from_secs(10));
     documents_every_option(
         &text,
+        "etcd",
         &[
             "endpoints",
             "advertise",
@@ -138,12 +163,9 @@ fn etcd_agent_example_passes_check_config_with_every_default() {
             "connect_timeout",
             "request_timeout",
             "backoff",
-            "ca",
-            "cert",
-            "key",
-            "server_name",
         ],
     );
+    documents_every_option(&text, "etcd.tls", &["ca", "cert", "key", "server_name"]);
     assert!(
         text.contains("max_value_bytes and max_instances"),
         "says why they are absent"
@@ -191,6 +213,7 @@ fn etcd_proxy_example_passes_check_config_with_every_default() {
     );
     documents_every_option(
         &text,
+        "inventory",
         &[
             "endpoints",
             "advertise",
@@ -201,11 +224,12 @@ fn etcd_proxy_example_passes_check_config_with_every_default() {
             "backoff",
             "max_value_bytes",
             "max_instances",
-            "ca",
-            "cert",
-            "key",
-            "server_name",
         ],
+    );
+    documents_every_option(
+        &text,
+        "inventory.tls",
+        &["ca", "cert", "key", "server_name"],
     );
 
     let (code, out) = {
