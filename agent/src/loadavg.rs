@@ -18,8 +18,17 @@ use crate::process;
 
 /// Fixed-point one (`FIXED_1` in `include/linux/sched/loadavg.h`).
 const FIXED_1: u64 = 1 << 11;
-/// Decay factors for 1, 5 and 15 minutes at a 5 s sample (`EXP_1`, `EXP_5`, `EXP_15`).
-const EXP: [u64; 3] = [1884, 2014, 2037];
+/// The averages' periods: 1, 5 and 15 minutes.
+const PERIODS_S: [f64; 3] = [60.0, 300.0, 900.0];
+
+/// The fixed-point decay factors for one sample every `interval`: `FIXED_1 · e^(−interval /
+/// period)` for each period. At the kernel's 5 s (`LOAD_FREQ`) they are its `EXP_1`,
+/// `EXP_5`, `EXP_15` (1884, 2014, 2037); another `load_interval` gets its own, so that
+/// `node_load1` is a one-minute average whatever the sampling rate.
+pub fn decay_factors(interval: std::time::Duration) -> [u64; 3] {
+    let secs = interval.as_secs_f64().max(0.001);
+    PERIODS_S.map(|period| ((FIXED_1 as f64) * (-secs / period).exp()).round() as u64)
+}
 /// Sub-cgroup depth visited below the container's own cgroup, as LXCFS does.
 const MAX_DEPTH: usize = 3;
 
@@ -30,10 +39,11 @@ pub struct LoadAvg {
 }
 
 impl LoadAvg {
-    /// Feeds one sample of active (R + D) tasks (`calc_load` in `kernel/sched/loadavg.c`).
-    pub fn update(&mut self, active: u64) {
+    /// Feeds one sample of active (R + D) tasks (`calc_load` in `kernel/sched/loadavg.c`),
+    /// with the [`decay_factors`] of the sampling interval.
+    pub fn update(&mut self, active: u64, exp: [u64; 3]) {
         let active = active.saturating_mul(FIXED_1);
-        for (load, exp) in self.fixed.iter_mut().zip(EXP) {
+        for (load, exp) in self.fixed.iter_mut().zip(exp) {
             let mut new = load
                 .saturating_mul(exp)
                 .saturating_add(active.saturating_mul(FIXED_1 - exp));
@@ -134,11 +144,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kernels_factors_at_its_interval_and_a_minute_at_any_other() {
+        use std::time::Duration;
+        assert_eq!(decay_factors(Duration::from_secs(5)), [1884, 2014, 2037]);
+        // One busy task for 30 s: load1 reaches 1 - e^(-1/2) ≈ 0.39 whether sampled
+        // every 5 s or every 1 s.
+        for (interval, samples) in [(5, 6), (1, 30)] {
+            let exp = decay_factors(Duration::from_secs(interval));
+            let mut l = LoadAvg::default();
+            for _ in 0..samples {
+                l.update(1, exp);
+            }
+            let l1 = l.values()[0];
+            assert!((0.37..=0.42).contains(&l1), "every {interval} s: {l1}");
+        }
+    }
+
+    #[test]
     fn converges_like_the_kernel() {
+        let exp = decay_factors(std::time::Duration::from_secs(5));
         let mut l = LoadAvg::default();
         // One busy task for 5 minutes of 5 s samples: load1 ≈ 1, load5 ≈ 0.63, load15 < 0.3.
         for _ in 0..60 {
-            l.update(1);
+            l.update(1, exp);
         }
         let [l1, l5, l15] = l.values();
         assert!((0.95..=1.01).contains(&l1), "{l1}");
@@ -146,7 +174,7 @@ mod tests {
         assert!((0.20..=0.35).contains(&l15), "{l15}");
         // Then idle: decays towards zero.
         for _ in 0..60 {
-            l.update(0);
+            l.update(0, exp);
         }
         assert!(l.values()[0] < 0.05);
     }

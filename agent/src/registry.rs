@@ -364,6 +364,7 @@ impl Registry {
         every: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let exp = loadavg::decay_factors(every);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -383,7 +384,7 @@ impl Registry {
                         let mut v = t.view.lock().unwrap_or_else(|e| e.into_inner());
                         if v.sampled && loadavg::unchanged_since(&v.tasks, v.sampled_cpu_ns, cpu_ns)
                         {
-                            v.load.update(0);
+                            v.load.update(0, exp);
                             v.quiet_samples += 1;
                             continue;
                         }
@@ -392,7 +393,7 @@ impl Registry {
                         continue;
                     };
                     let mut v = t.view.lock().unwrap_or_else(|e| e.into_inner());
-                    v.load.update(states.running + states.blocked);
+                    v.load.update(states.running + states.blocked, exp);
                     v.tasks = states;
                     v.sampled = true;
                     v.sampled_cpu_ns = cpu_ns;

@@ -1191,10 +1191,10 @@ async fn load_average_follows_sampled_task_states() {
         "{states:?}"
     );
 
-    // The registry's sampler, once: the first tick of its interval fires at once.
+    // The registry's sampler, once: the first tick of its interval fires at once (the
+    // kernel's 5 s, so the kernel's decay factors; the second tick is 5 s away).
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let sampler =
-        tokio::spawn(Arc::clone(&agent.registry).sample_load(Duration::from_secs(3600), rx));
+    let sampler = tokio::spawn(Arc::clone(&agent.registry).sample_load(Duration::from_secs(5), rx));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !t.view.lock().expect("view lock").sampled {
         assert!(Instant::now() < deadline, "sampler never ran");
