@@ -97,19 +97,26 @@ async fn a_frozen_agent_is_504_at_the_scrapes_own_deadline() {
         }
     };
 
-    // Served, so the proxy keeps a pooled connection to the agent.
-    let start = Instant::now();
-    loop {
-        let (status, _, _) = scrape(&[]).await;
-        if status == 200 {
-            break;
+    // Until a scrape is served (bounded).
+    let served = |what: &'static str| {
+        let scrape = scrape.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let (status, _, _) = scrape(&[]).await;
+                if status == 200 {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{what}: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "never served: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    // Served, so the proxy keeps a pooled connection to the agent.
+    served("never served").await;
 
     agent.signal(rustix::process::Signal::Stop);
     let (status, took, body) = scrape(&[("x-prometheus-scrape-timeout-seconds", "3")]).await;
@@ -142,18 +149,7 @@ async fn a_frozen_agent_is_504_at_the_scrapes_own_deadline() {
     assert!(listed.text().contains("\"web\""), "{}", listed.text());
 
     agent.signal(rustix::process::Signal::Cont);
-    let start = Instant::now();
-    loop {
-        let (status, _, _) = scrape(&[]).await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "not served again after SIGCONT: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    served("not served again after SIGCONT").await;
     proxy.shutdown().await;
     drop(agent);
 }
