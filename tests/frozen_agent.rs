@@ -98,21 +98,18 @@ async fn a_frozen_agent_is_504_at_the_scrapes_own_deadline() {
     };
 
     // Until a scrape is served (bounded).
-    let served = |what: &'static str| {
-        let scrape = scrape.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                let (status, _, _) = scrape(&[]).await;
-                if status == 200 {
-                    return;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "{what}: {status}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let served = |what: &'static str| async move {
+        let start = Instant::now();
+        loop {
+            let (status, _, _) = scrape(&[]).await;
+            if status == 200 {
+                return;
             }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     // Served, so the proxy keeps a pooled connection to the agent.
