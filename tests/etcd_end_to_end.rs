@@ -955,6 +955,13 @@ fn two_nodes_three_proxies_and_prometheus_ride_out_crashes_and_an_etcd_outage() 
     }
     let p3 = &traffics[2].rounds;
     let in_flight = p3.iter().any(|r| r.0 < killed && r.1 > killed);
+    // The kill waits until a round through p3 is under way (`busy`), and p3's rounds run
+    // back to back: one must have been cut short, or the kill did not happen "while
+    // scrapes go through it".
+    assert!(
+        in_flight,
+        "p3 was killed between rounds, not during one: {p3:?}"
+    );
     assert!(p3.iter().any(|r| r.1 < killed && r.2 == 200));
     assert!(
         p3.iter().all(|r| r.0 < killed || r.2 == 0),
