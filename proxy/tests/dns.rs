@@ -12,9 +12,7 @@
 //! addresses, or `localhost` for SRV targets nothing connects to.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,118 +23,14 @@ use lookout_discovery::agents::{
 use lookout_proxy::config::ProxyConfig;
 use lookout_proxy::limit::REPLICAS_DNS_TIMEOUT;
 use lookout_proxy::server::Proxy;
+use lookout_testkit::dns::Dnsmasq;
 use lookout_testkit::exposition::unlabelled;
 use lookout_testkit::https;
-use lookout_testkit::net::free_udp_and_tcp_port;
 use lookout_testkit::pki::{token_sha256 as token_hash, Pki, BASE};
 use rustls::ClientConfig;
-use tempfile::TempDir;
 
-const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 /// Bound on every wait for something DNS-driven to show.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A dnsmasq serving `--host-record`/`--srv-host` records from its command line and A/AAAA
-/// records from a hosts file it re-reads on SIGHUP. Killed on drop.
-struct Dnsmasq {
-    child: Child,
-    addr: SocketAddr,
-    hosts: PathBuf,
-    _dir: TempDir,
-}
-
-impl Dnsmasq {
-    /// Starts dnsmasq with `hosts` as its hosts file and `args` added; waits until it listens.
-    fn start(hosts: &str, args: &[&str]) -> Dnsmasq {
-        assert!(
-            Path::new(DNSMASQ).exists(),
-            "{DNSMASQ} is missing: install the Debian package dnsmasq-base (deploy/test.sh does)"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("lookout-dns-")
-            .tempdir()
-            .expect("tempdir");
-        let hosts_path = dir.path().join("hosts");
-        std::fs::write(&hosts_path, hosts).expect("write hosts");
-        let mut last_error = String::new();
-        // A free port can be taken between probing and dnsmasq binding it: try a few.
-        for _ in 0..5 {
-            let port = free_udp_and_tcp_port();
-            let mut child = Command::new(DNSMASQ)
-                .args([
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--conf-file=/dev/null",
-                    "--keep-in-foreground",
-                    "--bind-interfaces",
-                    "--listen-address=127.0.0.1",
-                    "--pid-file",
-                    // Stay root when run as root: `nobody` could not re-read the hosts file in
-                    // this private directory on SIGHUP. Ignored when not root.
-                    "--user=root",
-                    "--log-facility=-",
-                ])
-                .arg(format!("--port={port}"))
-                .arg(format!("--addn-hosts={}", hosts_path.display()))
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {DNSMASQ}: {e}"));
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if let Some(status) = child.try_wait().expect("dnsmasq status") {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                    last_error = format!("dnsmasq exited ({status}): {err}");
-                    break;
-                }
-                // dnsmasq binds UDP and TCP before it serves; TCP accepting is the signal.
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Dnsmasq {
-                        child,
-                        addr,
-                        hosts: hosts_path,
-                        _dir: dir,
-                    };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("dnsmasq did not listen on {addr} within {WAIT:?}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("dnsmasq would not start: {last_error}");
-    }
-
-    /// Replaces the hosts file and makes dnsmasq re-read it (SIGHUP).
-    fn set_hosts(&self, hosts: &str) {
-        std::fs::write(&self.hosts, hosts).expect("write hosts");
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -HUP dnsmasq: {status}");
-    }
-
-    /// Kills dnsmasq: from now on nothing answers at its address.
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Polls `check` until it is true, or panics after [`WAIT`] saying `what`.
 async fn wait_for(what: &str, check: impl FnMut() -> bool) {
@@ -187,9 +81,9 @@ fn agents_dns(kind: DnsKind, name: &str, port: Option<u16>, server: SocketAddr) 
 #[tokio::test]
 async fn hickory_with_an_explicit_server_resolves_srv_and_a_for_agents() {
     let dns = agents_dnsmasq();
-    let resolver = HickoryResolver::new(Some(dns.addr)).expect("resolver");
+    let resolver = HickoryResolver::new(Some(dns.addr())).expect("resolver");
 
-    let srv = agents_dns(DnsKind::Srv, SRV, None, dns.addr);
+    let srv = agents_dns(DnsKind::Srv, SRV, None, dns.addr());
     let got = resolver.resolve(&srv).await.expect("SRV answer");
     let want: BTreeSet<AgentAddr> = [
         AgentAddr::new("localhost", 19001),
@@ -200,7 +94,7 @@ async fn hickory_with_an_explicit_server_resolves_srv_and_a_for_agents() {
     // dnsmasq answers local records with TTL 0 (--local-ttl).
     assert_eq!(got.ttl, Some(Duration::ZERO));
 
-    let a = agents_dns(DnsKind::A, "agents.lookout.test", Some(9164), dns.addr);
+    let a = agents_dns(DnsKind::A, "agents.lookout.test", Some(9164), dns.addr());
     let got = resolver.resolve(&a).await.expect("A answer");
     let hosts: BTreeSet<String> = got.agents.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -219,19 +113,20 @@ async fn hickory_with_an_explicit_server_resolves_srv_and_a_for_agents() {
 
     // Unknown names and SRV records saying "not available" are errors or empty, never a
     // made-up agent.
-    let missing = agents_dns(DnsKind::Srv, "_nothing._tcp.lookout.test", None, dns.addr);
+    let missing = agents_dns(DnsKind::Srv, "_nothing._tcp.lookout.test", None, dns.addr());
     assert!(resolver.resolve(&missing).await.is_err());
-    let none = agents_dns(DnsKind::Srv, "_none._tcp.lookout.test", None, dns.addr);
+    let none = agents_dns(DnsKind::Srv, "_none._tcp.lookout.test", None, dns.addr());
     assert_eq!(resolver.resolve(&none).await.map(|r| r.agents.len()), Ok(0));
 }
 
 #[tokio::test]
 async fn targets_count_srv_a_and_aaaa_separately() {
     let dns = agents_dnsmasq();
-    let resolver = HickoryResolver::new(Some(dns.addr)).expect("resolver");
+    let resolver = HickoryResolver::new(Some(dns.addr())).expect("resolver");
+    let server = dns.addr();
     let ask = |name: &'static str, kind| {
         let resolver = &resolver;
-        async move { resolver.targets(name, kind, Some(dns.addr)).await }
+        async move { resolver.targets(name, kind, Some(server)).await }
     };
     let t = ask(SRV, RecordKind::Srv).await.expect("SRV");
     assert_eq!(t.targets, set(["localhost:19001", "localhost:19002"]));
@@ -262,7 +157,7 @@ async fn the_agents_watcher_asks_the_configured_server() {
     let config = AgentsConfig::parse(&format!(
         "[dns]\nname = \"agents.lookout.test\"\nkind = \"a\"\nport = 9\nrefresh = \"100ms\"\n\
          server = \"{}\"\n{}",
-        dns.addr,
+        dns.addr(),
         client_tls(&pki)
     ))
     .expect("config");
@@ -334,7 +229,7 @@ impl LimitedProxy {
                  [limits]\nreplicas = {replicas}\n\
                  source = {{ per_second = 10000.0, burst = 10000 }}\n\
                  [limits.replicas_dns]\nserver = \"{server}\"\n{replicas_dns}\n",
-                server = dns.addr,
+                server = dns.addr(),
             ))
             .render();
         let cfg = ProxyConfig::load(&pki.write("proxy.toml", &config)).expect("valid config");
@@ -515,7 +410,7 @@ async fn agent_names_resolve_through_the_configured_server() {
             idle_timeout: Duration::from_secs(5),
         })
         .expect("upstream")
-        .with_dns_server(Some(dns.addr))
+        .with_dns_server(Some(dns.addr()))
         .expect("resolver");
     // A port nothing listens on: the error names the address the name resolved to.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")

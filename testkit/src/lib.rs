@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod containers;
+pub mod dns;
 pub mod exposition;
 pub mod https;
 pub mod net;
