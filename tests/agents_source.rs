@@ -1,8 +1,8 @@
 //! The `agents` discovery source against real agents watching real runc containers: two
 //! agents in this process (different node ids, one operator CA), the proxy-side watcher
 //! merging their watch streams, an agent killed and replaced on the same port, DNS-driven
-//! membership (through the static resolver: tests have no DNS server), and a proxy
-//! certificate from a foreign CA refused.
+//! membership (hickory against Debian's dnsmasq, `dnsmasq-base`), and a proxy certificate
+//! from a foreign CA refused.
 //!
 //! Needs root, `runc` and `busybox-static` (the container harness panics naming what is
 //! missing).
@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use lookout_agent::config::AgentConfig;
 use lookout_agent::Agent;
-use lookout_discovery::agents::{AgentAddr, AgentsConfig, StaticResolver, StatusHandle, Watcher};
+use lookout_discovery::agents::{AgentAddr, AgentsConfig, StatusHandle, Watcher, DNS_TIMEOUT};
 use lookout_discovery::{Inventory, Shared};
 use lookout_testkit::containers::{ContainerSpec, Runc};
+use lookout_testkit::dns::Dnsmasq;
+use lookout_testkit::net::free_port;
 use lookout_testkit::pki::Pki;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -302,6 +304,10 @@ async fn merges_two_agents_keeps_a_dead_one_and_converges_after_restart() {
     agent2.shutdown().await;
 }
 
+/// DNS decides which agents are watched, through hickory against a real DNS server
+/// (Debian's dnsmasq on 127.0.0.1): two real agents on one port at 127.0.0.2 and
+/// 127.0.0.3, listed by the A records of `agents.lookout.test` in dnsmasq's hosts file,
+/// which the test edits (SIGHUP) to add and drop them, and kills for an outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dns_membership_adds_and_drops_agents() {
     let pki = Pki::new("lookout-agents-pki-");
@@ -309,52 +315,83 @@ async fn dns_membership_adds_and_drops_agents() {
     let runc2 = Runc::new();
     let _c1 = runc1.run(spec("dns-a1"));
     let _c2 = runc2.run(spec("dns-b1"));
-    let agent1 = start_agent(&pki, "dns-node-a", runc1.state_root(), "127.0.0.1:0").await;
-    let agent2 = start_agent(&pki, "dns-node-b", runc2.state_root(), "127.0.0.1:0").await;
-    let addr1 = AgentAddr::from(agent1.local_addr());
-    let addr2 = AgentAddr::from(agent2.local_addr());
-
-    // The static resolver stands in for hickory: no DNS server exists in tests.
-    let resolver = Arc::new(StaticResolver::new([addr1.clone()]));
-    let cfg = watcher_config(
+    let port = free_port();
+    let agent1 = start_agent(
         &pki,
-        "proxy",
-        &[],
-        "[dns]\nname = \"_lookout._tcp.test\"\nrefresh = \"100ms\"",
+        "dns-node-a",
+        runc1.state_root(),
+        &format!("127.0.0.2:{port}"),
+    )
+    .await;
+    let agent2 = start_agent(
+        &pki,
+        "dns-node-b",
+        runc2.state_root(),
+        &format!("127.0.0.3:{port}"),
+    )
+    .await;
+    let (addr1, addr2) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
+
+    let mut dns = Dnsmasq::start("127.0.0.2 agents.lookout.test\n", &["--local-ttl=1"]);
+    // The agents' certificate names localhost and 127.0.0.1, not the addresses DNS gives.
+    let text = format!(
+        r#"agents = []
+connect_timeout = "2s"
+backoff = {{ min = "100ms", max = "500ms" }}
+[dns]
+name = "agents.lookout.test"
+kind = "a"
+port = {port}
+refresh = "100ms"
+server = "{server}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+ca = "{ca}"
+server_name = "localhost"
+"#,
+        server = dns.addr(),
+        cert = pki.path("proxy.pem").display(),
+        key = pki.path("proxy-key.pem").display(),
+        ca = pki.path("operator-ca.pem").display(),
     );
-    let w = Running::start(Watcher::with_resolver(cfg, resolver.clone()).expect("watcher builds"));
+    let cfg = AgentsConfig::parse(&text).expect("watcher config parses");
+    let w = Running::start(Watcher::new(cfg).expect("watcher builds"));
     w.wait(SLOW, "the agent DNS lists", |inv| {
         holds(inv, &[("dns-a1", "dns-node-a")])
     })
     .await;
 
-    resolver.set([addr1.clone(), addr2.clone()]);
+    dns.set_hosts("127.0.0.2 agents.lookout.test\n127.0.0.3 agents.lookout.test\n");
     w.wait(SLOW, "an agent added to DNS is watched", |inv| {
         holds(inv, &[("dns-a1", "dns-node-a"), ("dns-b1", "dns-node-b")])
     })
     .await;
 
-    // A failing resolution keeps the agents.
-    resolver.fail("SERVFAIL");
-    let deadline = Instant::now() + SLOW;
+    // An agent dropped from DNS goes away with its instances and node.
+    dns.set_hosts("127.0.0.3 agents.lookout.test\n");
+    w.wait(SLOW, "an agent removed from DNS is dropped", |inv| {
+        holds(inv, &[("dns-b1", "dns-node-b")]) && inv.node("dns-node-a").is_none()
+    })
+    .await;
+    assert!(w.status.agent(&addr1).is_none());
+    assert!(w.status.agent(&addr2).is_some());
+    assert_eq!(w.status.dns_error(), None);
+
+    // DNS down: the failure is reported (a lookup is given up after DNS_TIMEOUT) and the
+    // agents are kept.
+    dns.stop();
+    let deadline = Instant::now() + DNS_TIMEOUT + SLOW;
     while w.status.dns_error().is_none() {
         assert!(Instant::now() < deadline, "DNS failure not reported");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(
         w.shared.load().instance_count(),
-        2,
-        "DNS failure keeps agents"
+        1,
+        "a DNS outage keeps the agents"
     );
-
-    // An agent dropped from DNS goes away with its instances and node.
-    resolver.set([addr2.clone()]);
-    w.wait(SLOW, "an agent removed from DNS is dropped", |inv| {
-        holds(inv, &[("dns-b1", "dns-node-b")]) && inv.node("dns-node-a").is_none()
-    })
-    .await;
-    assert!(w.status.agent(&addr1.to_string()).is_none());
-    assert_eq!(w.status.dns_error(), None);
+    assert!(w.status.agent(&addr2).is_some());
 
     w.stop().await;
     agent1.shutdown().await;
