@@ -442,7 +442,6 @@ fn http_sd_nodes_for_operators() {
 
 mod real {
     use std::net::SocketAddr;
-    use std::process::Command;
     use std::sync::{Arc, Mutex};
 
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -522,47 +521,18 @@ mod real {
         let _ = stream.shutdown().await;
     }
 
-    /// Runs `promtool check service-discovery` for `job` in `config`; returns the parsed
-    /// targets and promtool's log (stderr).
+    /// Runs `promtool check service-discovery` for `job` in `config` (testkit's, on a
+    /// blocking thread); returns the parsed targets and promtool's log (stderr).
     pub async fn promtool(config: String, job: &'static str) -> (Vec<Value>, String) {
         tokio::task::spawn_blocking(move || {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let path = dir.path().join("prometheus.yml");
-            std::fs::write(&path, config).expect("write config");
-            let out = Command::new("promtool")
-                .args(["check", "service-discovery", "--timeout=2s"])
-                .arg(&path)
-                .arg(job)
-                .output()
-                .expect("promtool missing: install Debian's `prometheus` (deploy/test.sh does)");
-            let log = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(out.status.success(), "promtool failed: {log}");
-            let targets: Vec<Value> = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|e| panic!("promtool printed no JSON ({e}): {log}"));
-            (targets, log)
+            lookout_testkit::prometheus::check_service_discovery(&config, job)
         })
         .await
         .expect("promtool task")
     }
 
     /// The discovered `__meta_*` and `__address__` labels of each target, by address.
-    pub fn discovered(targets: &[Value]) -> Vec<(String, Vec<(String, String)>)> {
-        let mut out: Vec<_> = targets
-            .iter()
-            .map(|t| {
-                let labels = t["discoveredLabels"].as_object().expect("discoveredLabels");
-                let meta = labels
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("__meta_triton_"))
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect();
-                let address = labels["__address__"].as_str().unwrap_or("").to_string();
-                (address, meta)
-            })
-            .collect();
-        out.sort();
-        out
-    }
+    pub use lookout_testkit::prometheus::triton_labels as discovered;
 }
 
 fn triton_config(port: u16, groups: &str) -> String {
@@ -658,7 +628,9 @@ async fn needs_promtool_triton_error_body_fails_the_refresh() {
         "{log}"
     );
     // ...whereas restify's JSON error object is taken as an authoritative empty list: no
-    // error at all, which in a running Prometheus silently drops every target.
+    // error at all, which in a running Prometheus silently drops every target. (A premise
+    // about Prometheus, not a test of lookout: it is why our error bodies are not JSON. The
+    // real proxy's 401 is put to promtool in proxy/tests/sd_promtool.rs.)
     let (addr, _) = real::serve(true, |_| {
         (
             "401 Unauthorized",

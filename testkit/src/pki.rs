@@ -140,6 +140,7 @@ pub fn token_sha256(token: &str) -> String {
 /// | `server.pem`, `server-key.pem` | the proxy's server certificate for [`BASE`], `*.BASE` and `127.0.0.1` (server CA) |
 /// | `server-ca.pem` | the server CA, for clients outside the test process (curl, Prometheus) |
 /// | `tenant-ca.pem` | the CA vouching for tenants' client certificates |
+/// | `acme.pem`, `acme-key.pem`, `globex.pem`, `globex-key.pem` | [`Pki::acme`] and [`Pki::globex`], for clients outside the test process (promtool, Prometheus) |
 ///
 /// and in memory the tenants' identities: `acme` (tenant CA, common name `acme`), `globex`
 /// and `stranger` (self-signed; a test registers globex's key and nobody's the stranger's).
@@ -170,16 +171,20 @@ impl Pki {
         let server_ca = Ca::new("server CA");
         let tenant_ca = Ca::new("tenant CA");
         let wildcard = format!("*.{BASE}");
+        let acme = tenant_ca.issue("acme", &[], Usage::Client);
+        let globex = self_signed("globex-laptop");
         let pki = Pki {
             dir,
             server_ca: server_ca.cert_der(),
-            acme: tenant_ca.issue("acme", &[], Usage::Client).identity(),
-            globex: self_signed("globex-laptop").identity(),
+            acme: acme.identity(),
+            globex: globex.identity(),
             stranger: self_signed("stranger").identity(),
             operator,
             foreign,
         };
         pki.write("operator-ca.pem", &pki.operator.cert_pem());
+        pki.write_issued("acme", &acme);
+        pki.write_issued("globex", &globex);
         pki.write("tenant-ca.pem", &tenant_ca.cert_pem());
         pki.write_issued("agent", &pki.issue_agent("agent"));
         let proxy = pki.operator.issue("proxy", &[], Usage::Client);

@@ -222,3 +222,42 @@ impl Prometheus {
         }
     }
 }
+
+/// Runs `promtool check service-discovery` (Debian's `prometheus`) for `job` in `config`:
+/// the targets it discovered, as JSON, and its log (stderr). Blocking.
+pub fn check_service_discovery(config: &str, job: &str) -> (Vec<Value>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("prometheus.yml");
+    std::fs::write(&path, config).expect("write config");
+    let out = Command::new("promtool")
+        .args(["check", "service-discovery", "--timeout=2s"])
+        .arg(&path)
+        .arg(job)
+        .output()
+        .expect("promtool missing: install Debian's `prometheus` (deploy/test.sh does)");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "promtool failed: {log}");
+    let targets: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("promtool printed no JSON ({e}): {log}"));
+    (targets, log)
+}
+
+/// The discovered `__address__` and `__meta_triton_*` labels of each target of a
+/// [`check_service_discovery`], sorted by address.
+pub fn triton_labels(targets: &[Value]) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let labels = t["discoveredLabels"].as_object().expect("discoveredLabels");
+            let meta = labels
+                .iter()
+                .filter(|(k, _)| k.starts_with("__meta_triton_"))
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect();
+            let address = labels["__address__"].as_str().unwrap_or("").to_string();
+            (address, meta)
+        })
+        .collect();
+    out.sort();
+    out
+}
