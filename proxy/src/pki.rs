@@ -273,23 +273,25 @@ fn san(s: &str) -> Result<SanType, PkiError> {
     Ok(SanType::DnsName(lower.try_into().map_err(|_| bad())?))
 }
 
-/// SPKI SHA-256 of the first thing found in `text`: a PEM certificate, a PEM public key
-/// (`PUBLIC KEY`), or an SSH public key line (`ssh-ed25519 …`, converted to SPKI form).
+/// SPKI SHA-256 of the first thing found in `text`: an SSH public key line (`ssh-ed25519 …`,
+/// converted to SPKI form) when it is the first line that is neither blank nor a comment,
+/// else the first PEM certificate, else the first PEM public key (`PUBLIC KEY`). An SSH line
+/// followed by PEM blocks is the SSH key's: the order of the text decides, never the kind.
 pub fn fingerprint(text: &str) -> Result<Sha256Hash, PkiError> {
+    let first_line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    if let Some(line) = first_line.filter(|l| !l.starts_with("-----BEGIN")) {
+        if let Ok(der) = crate::tenants::ssh_key_spki(line) {
+            return Ok(Sha256::digest(&der).into());
+        }
+    }
     if let Ok(der) = CertificateDer::from_pem_slice(text.as_bytes()) {
         return crate::identity::spki_sha256(&der).map_err(|e| input(e.to_string()));
     }
     if let Ok(spki) = SubjectPublicKeyInfoDer::from_pem_slice(text.as_bytes()) {
         return Ok(Sha256::digest(spki.as_ref()).into());
-    }
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'));
-    if let Some(line) = line {
-        if let Ok(der) = crate::tenants::ssh_key_spki(line) {
-            return Ok(Sha256::digest(&der).into());
-        }
     }
     Err(input(
         "no CERTIFICATE or PUBLIC KEY PEM block and no supported SSH public key found",
@@ -352,4 +354,25 @@ pub fn safe_file_stem(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression for bug ssh-line-then-pem, found by the `credentials` fuzz target: the
+    /// text's order decides which key is fingerprinted, not the kind of block.
+    #[test]
+    fn an_ssh_line_before_pem_blocks_is_the_key_fingerprinted() {
+        let ssh = include_str!("../../fuzz/seeds/credentials/ssh_ecdsa.pub");
+        let pem = include_str!("../../fuzz/seeds/credentials/public_key.pem");
+        let alone = fingerprint(ssh).expect("ssh");
+        assert_eq!(fingerprint(&format!("{ssh}\n{pem}")).expect("both"), alone);
+        assert_eq!(
+            fingerprint(&format!("{pem}\n{ssh}")).expect("both"),
+            fingerprint(pem).expect("pem"),
+            "a PEM block first is the PEM's key"
+        );
+        assert_ne!(alone, fingerprint(pem).expect("pem"));
+    }
 }

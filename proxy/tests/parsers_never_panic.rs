@@ -162,6 +162,9 @@ const CREDENTIALS: Target = Target {
         "spki_sha256_hex",
         "ssh_ecdsa.pub",
         "ssh_ed25519.pub",
+        // Found by the credentials fuzz target: an SSH key line followed by PEM blocks was
+        // fingerprinted as the PEM's key, not the line's (bug ssh-line-then-pem).
+        "ssh_line_then_pem_blocks",
         "ssh_rsa.pub",
         "tenant_acme.der",
         "tenant_acme.pem",

@@ -264,9 +264,18 @@ fn check_ssh_key(line: &str) {
     }
 }
 
-/// `PUBLIC KEY` PEM: when the text has no certificate, its fingerprint is the SPKI's hash.
+/// `PUBLIC KEY` PEM: when the text has no certificate and does not start with an SSH key
+/// line (which comes first: `pki::fingerprint` goes by the text's order), its fingerprint is
+/// the SPKI's hash.
 fn check_public_key_pem(t: &str) {
     if CertificateDer::from_pem_slice(t.as_bytes()).is_ok() {
+        return;
+    }
+    let first = t
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    if first.is_some_and(|l| !l.starts_with("-----BEGIN") && ssh_key_spki(l).is_ok()) {
         return;
     }
     if let Ok(spki) = SubjectPublicKeyInfoDer::from_pem_slice(t.as_bytes()) {
