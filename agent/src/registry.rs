@@ -162,18 +162,7 @@ fn settle_claims(found: Vec<Discovered>) -> Settled {
     }
     let contested: HashSet<u32> = state_claims
         .iter()
-        .filter(|(_, claims)| {
-            let same = |a: &Discovered, b: &Discovered| {
-                Discovered {
-                    source: String::new(),
-                    ..a.clone()
-                } == Discovered {
-                    source: String::new(),
-                    ..b.clone()
-                }
-            };
-            claims.iter().any(|c| !same(c, claims[0]))
-        })
+        .filter(|(_, claims)| claims.iter().any(|c| !same_claim(c, claims[0])))
         .map(|(pid, _)| *pid)
         .collect();
     let mut seen = HashSet::new();
@@ -185,6 +174,25 @@ fn settle_claims(found: Vec<Discovered>) -> Settled {
         claims,
         conflicts: contested.len(),
     }
+}
+
+/// Whether two claims say the same about a process, whichever state-file runtime made them.
+fn same_claim(a: &Discovered, b: &Discovered) -> bool {
+    (
+        &a.runtime_id,
+        a.start_ticks,
+        &a.cgroups,
+        &a.rootfs,
+        &a.hostname,
+        &a.labels,
+    ) == (
+        &b.runtime_id,
+        b.start_ticks,
+        &b.cgroups,
+        &b.rootfs,
+        &b.hostname,
+        &b.labels,
+    )
 }
 
 /// Finds and tracks containers.
