@@ -665,10 +665,13 @@ impl State {
                     return not_found();
                 };
                 asserted.insert(HeaderName::from_static(TENANT_HEADER), tenant);
-                if let Ok(g) = HeaderValue::from_str(&i.generation) {
-                    if !i.generation.is_empty() {
+                // Sources that know no generation (a static file) send none; the agent
+                // then checks the tenant alone.
+                match HeaderValue::from_str(&i.generation) {
+                    Ok(g) if !g.is_empty() => {
                         asserted.insert(HeaderName::from_static(GENERATION_HEADER), g);
                     }
+                    _ => {}
                 }
                 (i.node.clone(), format!("/v1/instances/{}/metrics", i.id))
             }
